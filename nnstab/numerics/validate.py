@@ -1,0 +1,96 @@
+"""Argument checks shared by the numeric functions; each error names the argument, what was expected and the fix."""
+from __future__ import annotations
+
+import numpy as np
+
+from nnstab import _backend
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_float_array(x, name: str):
+    """Accept a floating NumPy array/scalar or torch tensor; return it (NumPy scalars become 0-d arrays)."""
+    if _backend.is_tensor(x):
+        if x.dtype not in _backend.torch_float_dtypes():
+            raise TypeError(
+                f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+                f"got dtype {x.dtype}; convert it with {name}.float()"
+            )
+        return x
+    if isinstance(x, np.generic):
+        x = np.asarray(x)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}; "
+            f"wrap it with np.asarray({name}, dtype=np.float64)"
+        )
+    if x.dtype not in _backend.NUMPY_FLOAT_DTYPES:
+        hint = " (bfloat16 is supported for torch tensors)" if "bfloat16" in str(x.dtype) else ""
+        raise TypeError(
+            f"{name} must be a floating-point array (float16, float32 or float64){hint}, "
+            f"got dtype {x.dtype}; convert it with {name}.astype(np.float64)"
+        )
+    return x
+
+
+def check_same_kind(a, b, names: tuple[str, str]):
+    """Both NumPy or both torch (on the same device): mixing them would hide a copy or a device move."""
+    if _backend.is_tensor(a) != _backend.is_tensor(b):
+        kinds = ["torch tensor" if _backend.is_tensor(v) else "NumPy array" for v in (a, b)]
+        raise TypeError(
+            f"{names[0]} is a {kinds[0]} but {names[1]} is a {kinds[1]}; pass both as the same kind"
+        )
+    if _backend.is_tensor(a) and a.device != b.device:
+        raise ValueError(f"{names[0]} is on {a.device} but {names[1]} is on {b.device}; move them to one device")
+
+
+def check_same_shape(a, b, names: tuple[str, str]):
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(
+            f"{names[1]} must have the shape of {names[0]} {tuple(a.shape)}, got {tuple(b.shape)}"
+        )
+
+
+def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
+    """A single integer axis in [-ndim, ndim), returned as a non-negative index."""
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
+    if ndim == 0:
+        raise ValueError(f"this function needs an input with at least 1 dimension to reduce along {name}={axis}; got a 0-d input")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} is out of range for an input with {ndim} dimension(s); expected {-ndim} <= {name} < {ndim}")
+    return int(axis) % ndim
+
+
+def check_reduction(reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(repr(r) for r in REDUCTIONS)}, got {reduction!r}")
+    return reduction
+
+
+def check_keepdims(keepdims) -> bool:
+    if not isinstance(keepdims, (bool, np.bool_)):
+        raise TypeError(f"keepdims must be a bool, got {type(keepdims).__name__}")
+    return bool(keepdims)
+
+
+def any_true(mask) -> bool:
+    """`mask.any()` as a Python bool for NumPy or torch (one host sync for a device tensor: validation only)."""
+    return bool(mask.any())
+
+
+def check_in_unit_interval(p, name: str):
+    """Values in [0, 1]; NaN is allowed and propagates."""
+    bad = (p < 0) | (p > 1)
+    if any_true(bad):
+        lo, hi = float(p[~_isnan(p)].min()), float(p[~_isnan(p)].max())
+        raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{lo:g}, {hi:g}]; "
+                         f"pass logits to the *_with_logits variant or clip {name}")
+
+
+def _isnan(x):
+    if _backend.is_tensor(x):
+        import torch
+
+        return torch.isnan(x)
+    return np.isnan(x)
