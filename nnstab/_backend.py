@@ -48,6 +48,10 @@ def to_working(x):
 def from_working(y, like_dtype):
     """Round a float64 result once to the caller's dtype (a NumPy dtype or a torch dtype)."""
     if is_tensor(y):
+        import torch
+
+        if y.dtype == torch.float64 and like_dtype in (torch.float16, torch.bfloat16):
+            return _round_to_odd_float32(y).to(like_dtype)
         return y.to(like_dtype)
     if isinstance(y, np.ndarray) and y.ndim == 0:
         return np.dtype(like_dtype).type(y[()])
@@ -63,3 +67,27 @@ def finfo(dtype):
     import torch
 
     return torch.finfo(dtype)
+
+
+def _round_to_odd_float32(y):
+    """float64 -> float32 rounded to odd, so that a second rounding to float16/bfloat16 is correct.
+
+    torch converts float64 to float16 and bfloat16 through float32, rounding twice: a value just
+    above a float16 halfway point can land on the halfway point in float32 and then round to even,
+    half an ULP off in the wrong direction (1 + 2**-11 + 2**-40 becomes 1.0). Rounding the first
+    step to odd (truncate, then set the last bit when inexact) keeps the information that the value
+    was not a tie; float32 has 13 spare bits over float16 and 16 over bfloat16, enough for the
+    second rounding to be the correct one (Boldo & Melquiond, "When double rounding is odd").
+    """
+    import torch
+
+    f = y.to(torch.float32)
+    back = f.to(torch.float64)
+    inexact = (back != y) & torch.isfinite(f)
+    bits = f.view(torch.int32)
+    # Sign-magnitude: one less in the integer magnitude is one ULP toward zero, for either sign.
+    toward_zero = inexact & (back.abs() > y.abs())
+    magnitude = (bits & 0x7FFFFFFF) - toward_zero.to(torch.int32)
+    magnitude = torch.where(inexact, magnitude | 1, magnitude)
+    # The float64 value beyond float32's range rounds to inf above; keep those as they are.
+    return torch.where(inexact, ((bits & ~0x7FFFFFFF) | magnitude).view(torch.float32), f)
