@@ -1,0 +1,116 @@
+"""The Markdown rendering: verdict, first non-finite event, per-kind summary, findings, loss, layers, run details."""
+from __future__ import annotations
+
+from nnstab.report._format import (
+    MARKS_UNICODE, fmt, fmt_share, headline, layer_label, place, plural, steps_span,
+)
+
+FINDINGS_SHOWN = 500  # beyond this the table stops being read; report.json holds every finding
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(head, rows) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def render(report) -> str:
+    s = report.summary()
+    header = report.header
+    verdict, words = headline(report.worst_severity, report.status, report.watched)
+    counts = s["by_severity"]
+    out = [f"# nnstab report: {header.get('model') or 'model'}", ""]
+    out.append(f"**{MARKS_UNICODE[verdict]} {words}**: {plural(counts['error'], 'error')}, "
+               f"{plural(counts['warning'], 'warning')}, {plural(counts['info'], 'note')} over "
+               f"{plural(s['steps'], 'step')} ({header.get('framework') or '?'}; run ended: {s['status']}).")
+    out.append("")
+    if report.end and report.end.get("error"):
+        out += [f"The script stopped with an exception: `{_cell(report.end['error'])}`", ""]
+    first = report.first_nonfinite
+    if first is not None:
+        out += [f"> **First non-finite event**: {steps_span(first.step, None)}, "
+                f"layer `{place(first)}`, "
+                f"{first.phase} (value {fmt(first.value)}). {first.message}", ""]
+    for note in report.notes:
+        out += [f"*Note: {note}*", ""]
+
+    out += ["## Summary", ""]
+    rows = []
+    for kind, k in s["by_kind"].items():
+        mark, result = kind_result(k)
+        rows.append([mark, kind, result, k["findings"], k["events"],
+                     ", ".join(report.layer_labels(kind)) or "—",
+                     steps_span(k["first_step"], k["last_step"]) if k["findings"] else "—"])
+    out += _table(["", "kind", "result", "findings", "events", "layers", "when"], rows)
+
+    out += ["## Findings", ""]
+    ordered = report.ordered_findings()
+    if not ordered:
+        out += ["No findings: every check passed on every step.", ""]
+    else:
+        rows = [[("**first** " if f is first else "") + f.severity, f.kind, f"`{place(f)}`",
+                 steps_span(f.step, f.last_step), f.phase, fmt(f.value), fmt(f.threshold), f.count, f.message]
+                for f in ordered[:FINDINGS_SHOWN]]
+        out += _table(["severity", "kind", "layer", "when", "phase", "value", "threshold", "count", "what to try"],
+                      rows)
+        if len(ordered) > FINDINGS_SHOWN:
+            out += [f"{len(ordered) - FINDINGS_SHOWN} more findings are in report.json.", ""]
+
+    loss = report.loss_summary()
+    out += ["## Loss", ""]
+    if loss["recorded"]:
+        line = (f"First {fmt(loss['first'])}, last {fmt(loss['last'])}, lowest {fmt(loss['min'])}"
+                + (f" at step {loss['min_step']}" if loss["min_step"] is not None else "") + ".")
+        if loss["first_nonfinite_step"] is not None:
+            line += (f" Non-finite from step {loss['first_nonfinite_step']} "
+                     f"({plural(loss['nonfinite_steps'], 'step')} in all).")
+        out += [line, ""]
+    else:
+        out += ["No loss was recorded (pass it with monitor.step(loss=loss)).", ""]
+
+    out += ["## Layers", ""]
+    rows = [[f"`{layer_label(r['name'])}`", r["type"], r["dtype"], fmt(r["params"]), fmt(r["act_absmax"]),
+             fmt(r["grad_norm_min"]), fmt(r["grad_norm_max"]), fmt_share(r["dead_frac"]),
+             fmt_share(r["saturated_frac"]), r["findings"]] for r in report.layer_table()]
+    out += _table(["layer", "type", "dtype", "params", "max |activation|", "min grad norm", "max grad norm",
+                   "dead", "saturated", "findings"], rows) if rows else ["No layers were recorded.", ""]
+
+    out += ["## Run", ""]
+    run = [("started", header.get("started")), ("command", " ".join(header.get("command") or []) or None),
+           ("rank", header.get("rank")), ("world size", header.get("world_size")),
+           ("duration (s)", fmt((report.end or {}).get("time")) if report.end else None)]
+    out += [f"- {k}: {v}" for k, v in run if v is not None]
+    out += [f"- option {k}: {v}" for k, v in sorted(run_options(header).items())]
+    out.append("")
+    checks = check_options(header)
+    if checks:
+        out += ["## Checks", ""]
+        out += _table(["check", "options (thresholds)"], [[kind, opts] for kind, opts in checks.items()])
+    return "\n".join(out)
+
+
+def kind_result(k) -> tuple[str, str]:
+    """(mark, word) of one kind's summary row."""
+    if not k["checked"]:
+        return MARKS_UNICODE["unchecked"], "not checked"
+    return MARKS_UNICODE[k["severity"]], k["severity"] or "clean"
+
+
+def run_options(header) -> dict:
+    """The monitor's options except the per-check ones (shown in their own table)."""
+    return {k: v for k, v in (header.get("options") or {}).items() if k != "checks"}
+
+
+def check_options(header) -> dict[str, str]:
+    """{kind: "option=value, ..."} of the checks the run had, from the header."""
+    checks = (header.get("options") or {}).get("checks")
+    if isinstance(checks, list):
+        return {kind: "defaults" for kind in checks}
+    if not isinstance(checks, dict):
+        return {}
+    return {kind: ", ".join(f"{k}={v}" for k, v in (opts or {}).items()) or "defaults"
+            for kind, opts in checks.items()}

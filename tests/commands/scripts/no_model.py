@@ -1,0 +1,4 @@
+"""A script that trains nothing. Knows nothing of nnstab."""
+import sys
+
+print("arguments:", sys.argv[1:])
