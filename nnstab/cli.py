@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "run": ("nnstab.commands.run", "run an unmodified torch training script under watch and write its reports"),
     "report": ("nnstab.commands.report", "render a saved run log (.md, .html, .json, .txt)"),
+    "lint": ("nnstab.commands.lint", "run one step of a torch training script and report its unstable formulas"),
     "probes": ("nnstab.commands.probes", "run the gallery of training failures (probes/*.py) and regenerate reports/"),
     "accuracy": ("nnstab.bench.accuracy", "accuracy table: nnstab vs scipy.special vs torch, against mpmath"),
     "bench": ("nnstab.bench.cli", "speed ratios against the peers, measured side by side"),
