@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnstab.nn import _args
+from nnstab.nn.errors import LayerInputError
 from nnstab.nn.module import Module
 from nnstab.numerics.logsumexp import log_softmax, log_softmax_backward, softmax, softmax_backward
 from nnstab.numerics.sigmoid import sigmoid, sigmoid_backward, softplus, softplus_backward
@@ -38,13 +40,13 @@ class _Activation(Module):
 
     def forward(self, x):
         self.check_array(x)
-        y = self.f(x)
+        y = np.asarray(self.f(x))   # an array also for 0-d x, where NumPy's functions return scalars
         self._saved = (x, y)
         return y
 
     def _backward(self, g):
         x, y = self._saved
-        return self.df(x, y, self.check_grad_output(g, y.shape, y.dtype))
+        return np.asarray(self.df(x, y, self.check_grad_output(g, y.shape, y.dtype)))
 
 
 class ReLU(_Activation):
@@ -62,7 +64,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _args.real(negative_slope, "negative_slope", "LeakyReLU")
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
@@ -94,15 +96,27 @@ class Tanh(_Activation):
         return g * (1 - y * y)
 
 
-class Softmax(_Activation):
-    """exp(x_i) / sum_j exp(x_j) along `axis` by nnstab.softmax;  vector-Jacobian product y * (g - sum(g * y))."""
+class _AlongAxis(_Activation):
+    """An activation over one axis (Softmax, LogSoftmax): the input must have that axis."""
 
     def __init__(self, axis: int = -1):
         super().__init__()
-        self.axis = axis
+        self.axis = _args.integer(axis, "axis", type(self).__name__)
 
     def extra_repr(self):
         return f"axis={self.axis}"
+
+    def forward(self, x):
+        self.check_array(x)
+        if not -x.ndim <= self.axis < x.ndim:
+            need = self.axis + 1 if self.axis >= 0 else -self.axis
+            raise LayerInputError(self, f"expected an input with axis {self.axis} (at least {need} dimension(s)), "
+                                        f"got shape {x.shape}")
+        return super().forward(x)
+
+
+class Softmax(_AlongAxis):
+    """exp(x_i) / sum_j exp(x_j) along `axis` by nnstab.softmax;  vector-Jacobian product y * (g - sum(g * y))."""
 
     def f(self, x):
         return softmax(x, axis=self.axis)
@@ -111,15 +125,8 @@ class Softmax(_Activation):
         return softmax_backward(y, g, axis=self.axis)
 
 
-class LogSoftmax(_Activation):
+class LogSoftmax(_AlongAxis):
     """x_i - logsumexp(x) along `axis` by nnstab.log_softmax;  vector-Jacobian product g - exp(y) sum(g)."""
-
-    def __init__(self, axis: int = -1):
-        super().__init__()
-        self.axis = axis
-
-    def extra_repr(self):
-        return f"axis={self.axis}"
 
     def f(self, x):
         return log_softmax(x, axis=self.axis)
@@ -133,7 +140,7 @@ class ELU(_Activation):
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = _args.real(alpha, "alpha", "ELU")
 
     def extra_repr(self):
         return f"alpha={self.alpha}"

@@ -13,16 +13,18 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from nnstab.nn import _args
 from nnstab.nn import init as nn_init
 from nnstab.nn.activations import pass_where
 from nnstab.nn.errors import LayerInputError
 from nnstab.nn.module import Module, Parameter, as_float_dtype
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(i, (int, np.integer)) for i in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+def _pair(v, name: str, owner: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                                 for i in pair):
+        raise TypeError(f"{owner}: {name} must be an int or a pair of ints, got {v!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -31,11 +33,12 @@ class _Window(Module):
 
     def __init__(self, kernel_size, stride, padding):
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(self.kernel_size if stride is None else stride, "stride")
-        self.padding = _pair(padding, "padding")
+        owner = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", owner)
+        self.stride = _pair(self.kernel_size if stride is None else stride, "stride", owner)
+        self.padding = _pair(padding, "padding", owner)
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"kernel_size and stride must be >= 1 and padding >= 0, got kernel_size="
+            raise ValueError(f"{owner}: kernel_size and stride must be >= 1 and padding >= 0, got kernel_size="
                              f"{self.kernel_size}, stride={self.stride}, padding={self.padding}")
 
     def _geometry(self, x, channels=None):
@@ -94,7 +97,8 @@ class Conv2d(_Window):
                  init: str = "he", *, dtype=np.float32, rng=None):
         super().__init__(kernel_size, stride, padding)
         dt = as_float_dtype(dtype)
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = _args.size(in_channels, "in_channels", "Conv2d")
+        self.out_channels = _args.size(out_channels, "out_channels", "Conv2d")
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(nn_init.initial_weight(shape, init, dt, rng))
         self.bias = Parameter(np.zeros(self.out_channels, dtype=dt)) if bias else None
@@ -107,8 +111,9 @@ class Conv2d(_Window):
         self.check_array(x, w.dtype)
         n, c, h_out, w_out = self._geometry(x, self.in_channels)
         windows = self._windows(self._pad(x))                        # (N, C, Ho, Wo, kh, kw) view
-        cols = windows.transpose(0, 1, 4, 5, 2, 3).reshape(n, -1, h_out * w_out)   # the one copy: (N, C*kh*kw, Ho*Wo)
-        out = np.matmul(w.reshape(self.out_channels, -1), cols)      # (N, O, Ho*Wo), already NCHW
+        k = c * self.kernel_size[0] * self.kernel_size[1]            # sizes spelled out: -1 fails on empty arrays
+        cols = windows.transpose(0, 1, 4, 5, 2, 3).reshape(n, k, h_out * w_out)   # the one copy: (N, C*kh*kw, Ho*Wo)
+        out = np.matmul(w.reshape(self.out_channels, k), cols)       # (N, O, Ho*Wo), already NCHW
         if self.bias is not None:
             out += self.bias.data[:, None]
         self._saved = (cols, x.shape)
@@ -121,7 +126,7 @@ class Conv2d(_Window):
         h_out, w_out = self._out_size(h, wd)
         g = self.check_grad_output(g, (n, self.out_channels, h_out, w_out), w.dtype)
         g3 = g.reshape(n, self.out_channels, h_out * w_out)
-        w2 = w.reshape(self.out_channels, -1)
+        w2 = w.reshape(self.out_channels, c * self.kernel_size[0] * self.kernel_size[1])
         self.weight.accumulate_grad(np.matmul(g3, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape))
         if self.bias is not None:
             self.bias.accumulate_grad(g3.sum(axis=(0, 2)))
@@ -139,8 +144,8 @@ class _Pool(_Window):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__(kernel_size, stride, padding)
         if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
-            raise ValueError(f"padding {self.padding} must be at most half the kernel size {self.kernel_size}, "
-                             f"as in torch")
+            raise ValueError(f"{type(self).__name__}: padding {self.padding} must be at most half the kernel size "
+                             f"{self.kernel_size}, as in torch")
 
 
 class MaxPool2d(_Pool):

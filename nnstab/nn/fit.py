@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nnstab.nn import _args
 from nnstab.nn.losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss
+from nnstab.nn.module import Module
 
 LONG_RUN_SECONDS = 5.0   # a run that has lasted this long gets a progress bar; shorter ones stay quiet
 PLAIN_LINES = 20         # without tqdm: about this many lines per run, one every epochs // 20 epochs
@@ -86,7 +88,9 @@ def _batches(n: int, batch_size, order):
 
 def evaluate(model, loss_fn, x, y, *, batch_size=None, accuracy="auto"):
     """(mean loss, accuracy or None) of the model on (x, y) in eval mode; the model's mode is restored."""
-    acc_fn = accuracy_for(loss_fn) if accuracy == "auto" else accuracy
+    x, y, batch_size, acc_fn = _check_data("evaluate", model, loss_fn, x, y, batch_size, accuracy)
+    if not len(x):
+        raise ValueError("evaluate needs at least one example, got x with 0 rows")
     was_training = model.training
     model.eval()
     total_loss = correct = 0.0
@@ -101,7 +105,26 @@ def evaluate(model, loss_fn, x, y, *, batch_size=None, accuracy="auto"):
     return total_loss / len(x), (correct / len(x) if acc_fn is not None else None)
 
 
+def _check_data(owner, model, loss_fn, x, y, batch_size, accuracy):
+    """(x, y) as arrays with one row per example, batch_size as an int or None, and the accuracy function."""
+    if not isinstance(model, Module):
+        raise TypeError(f"{owner}: model must be an nnstab.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"{owner}: loss_fn must be a loss such as nnstab.nn.MSELoss(), got {type(loss_fn).__name__}")
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"{owner}: x and y must hold one example per row, got shapes {x.shape} and {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} rows but y has {len(y)}; pass one target per example")
+    if batch_size is not None:
+        batch_size = _args.size(batch_size, "batch_size", owner, minimum=1)
+    if accuracy is not None and accuracy != "auto" and not callable(accuracy):
+        raise TypeError(f"{owner}: accuracy must be 'auto', None or a function acc(out, y), got {accuracy!r}")
+    return x, y, batch_size, (accuracy_for(loss_fn) if accuracy == "auto" else accuracy)
+
+
 def _split(n: int, validation_split: float, rng):
+    validation_split = _args.real(validation_split, "validation_split", "fit")
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     perm = rng.permutation(n)
@@ -113,11 +136,10 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs: int = 10, batch_size: int | 
         seed: int = 0, validation_split: float = 0.0, validation_data=None, accuracy="auto",
         progress="auto") -> History:
     """Train `model` on (x, y) for `epochs` passes; returns the History (see the module docstring)."""
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} rows but y has {len(y)}; pass one target per example")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size must be a positive int or None (full batch), got {batch_size}")
+    x, y, batch_size, acc_fn = _check_data("fit", model, loss_fn, x, y, batch_size, accuracy)
+    epochs = _args.size(epochs, "epochs", "fit")
+    if progress not in (True, False, "auto"):
+        raise ValueError(f"fit: progress must be True, False or 'auto', got {progress!r}")
     rng = np.random.default_rng(seed)
     train_idx, val_idx = _split(len(x), validation_split, rng)
     if validation_data is not None:
@@ -127,7 +149,9 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs: int = 10, batch_size: int | 
     else:
         x_val = y_val = None
     x_train, y_train = x[train_idx], y[train_idx]
-    acc_fn = accuracy_for(loss_fn) if accuracy == "auto" else accuracy
+    if not len(x_train):
+        raise ValueError(f"fit needs at least one training example, got {len(x)} rows of which "
+                         f"validation_split={validation_split} holds out {len(val_idx)}")
     n_batches = -(-len(x_train) // (batch_size or len(x_train)))
     bar = _Progress(epochs, n_batches, progress)
     history = History()

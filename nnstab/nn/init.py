@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from nnstab.nn import _args
+
 _global_rng = np.random.default_rng()
 
 
@@ -44,12 +46,23 @@ def resolve_rng(rng=None) -> np.random.Generator:
 
 
 def _array(w):
-    return w.data if hasattr(w, "data") and not isinstance(w, np.ndarray) else w
+    """The float array of a Parameter or array to fill in place (anything else: TypeError naming w)."""
+    a = w.data if hasattr(w, "data") and not isinstance(w, np.ndarray) else w
+    if not isinstance(a, np.ndarray) or a.dtype.kind != "f":
+        what = f"dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"w must be a Parameter or a floating-point NumPy array to fill in place, got {what}; "
+                        f"create it with np.empty(shape, dtype=np.float32)")
+    return a
 
 
 def _fill(w, values):
     _array(w)[...] = values
     return w
+
+
+def _empty(w) -> bool:
+    """A weight without entries (a layer with 0 inputs or outputs): initialising it is a no-op, as in torch."""
+    return _array(w).size == 0
 
 
 def fans(shape) -> tuple[int, int]:
@@ -63,25 +76,36 @@ def fans(shape) -> tuple[int, int]:
 
 
 def normal_(w, std: float = 1.0, mean: float = 0.0, *, rng=None):
+    std = _args.real(std, "std", "normal_", low=0.0)
+    mean = _args.real(mean, "mean", "normal_")
     return _fill(w, resolve_rng(rng).normal(mean, std, size=_array(w).shape))
 
 
 def uniform_(w, a: float = 0.0, b: float = 1.0, *, rng=None):
+    a, b = _args.real(a, "a", "uniform_"), _args.real(b, "b", "uniform_")
+    if not a <= b:
+        raise ValueError(f"uniform_: the range [a, b) needs a <= b, got a={a}, b={b}")
     return _fill(w, resolve_rng(rng).uniform(a, b, size=_array(w).shape))
 
 
 def scaled_(w, *, rng=None):
+    if _empty(w):
+        return w
     fan_in, _ = fans(_array(w).shape)
     return normal_(w, 1.0 / math.sqrt(fan_in), rng=rng)
 
 
 def xavier_uniform_(w, gain: float = 1.0, *, rng=None):
+    if _empty(w):
+        return w
     fan_in, fan_out = fans(_array(w).shape)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return uniform_(w, -bound, bound, rng=rng)
 
 
 def xavier_normal_(w, gain: float = 1.0, *, rng=None):
+    if _empty(w):
+        return w
     fan_in, fan_out = fans(_array(w).shape)
     return normal_(w, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng=rng)
 
@@ -94,16 +118,22 @@ def _he_fan(shape, mode: str) -> int:
 
 
 def he_uniform_(w, mode: str = "fan_in", *, rng=None):
+    if _empty(w):
+        return w
     bound = math.sqrt(6.0 / _he_fan(_array(w).shape, mode))
     return uniform_(w, -bound, bound, rng=rng)
 
 
 def he_normal_(w, mode: str = "fan_in", *, rng=None):
+    if _empty(w):
+        return w
     return normal_(w, math.sqrt(2.0 / _he_fan(_array(w).shape, mode)), rng=rng)
 
 
 def default_uniform_(w, *, rng=None):
     """torch's default for Linear and Conv2d weights: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    if _empty(w):
+        return w
     fan_in, _ = fans(_array(w).shape)
     bound = 1.0 / math.sqrt(fan_in)
     return uniform_(w, -bound, bound, rng=rng)

@@ -1,11 +1,13 @@
 """Dense, Perceptron, Flatten and Dropout: the layers of a first course, each with its derivative beside it."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from nnstab.nn import _args
 from nnstab.nn import init as nn_init
 from nnstab.nn.errors import LayerInputError
 from nnstab.nn.module import Module, Parameter, as_float_dtype
@@ -25,7 +27,8 @@ class Dense(Module):
                  dtype=np.float32, rng=None):
         super().__init__()
         dt = as_float_dtype(dtype)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = _args.size(in_features, "in_features", "Dense")
+        self.out_features = _args.size(out_features, "out_features", "Dense")
         self.weight = Parameter(nn_init.initial_weight((self.out_features, self.in_features), init, dt, rng))
         self.bias = Parameter(np.zeros(self.out_features, dtype=dt)) if bias else None
 
@@ -46,7 +49,8 @@ class Dense(Module):
     def _backward(self, g):
         x = self._saved
         g = self.check_grad_output(g, x.shape[:-1] + (self.out_features,), x.dtype)
-        x2, g2 = x.reshape(-1, self.in_features), g.reshape(-1, self.out_features)
+        rows = math.prod(x.shape[:-1])   # spelled out: reshape(-1, 0) fails for a layer with no inputs or outputs
+        x2, g2 = x.reshape(rows, self.in_features), g.reshape(rows, self.out_features)
         self.weight.accumulate_grad(np.matmul(g2.T, x2))
         if self.bias is not None:
             self.bias.accumulate_grad(g2.sum(axis=0))
@@ -82,7 +86,7 @@ class Perceptron(Module):
     def __init__(self, in_features: int, *, dtype=np.float32):
         super().__init__()
         dt = as_float_dtype(dtype)
-        self.in_features = int(in_features)
+        self.in_features = _args.size(in_features, "in_features", "Perceptron")
         self.weight = Parameter(np.zeros(self.in_features, dtype=dt))
         self.bias = Parameter(np.zeros(1, dtype=dt))
 
@@ -115,6 +119,8 @@ class Perceptron(Module):
         """Rosenblatt's learning rule until an epoch without mistakes, or `epochs` passes (then a warning)."""
         x = np.asarray(x, dtype=self.weight.data.dtype) if not isinstance(x, np.ndarray) else x
         self._check_x(x)
+        epochs = _args.size(epochs, "epochs", "Perceptron.fit", minimum=1)
+        lr = _args.real(lr, "lr", "Perceptron.fit", low=0.0)
         y = np.asarray(y)
         if y.shape != (x.shape[0],):
             raise ValueError(f"Perceptron.fit: y must have shape ({x.shape[0]},) (one label per row of x), "
@@ -150,7 +156,8 @@ class Flatten(Module):
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        self.start_dim, self.end_dim = start_dim, end_dim
+        self.start_dim = _args.integer(start_dim, "start_dim", "Flatten")
+        self.end_dim = _args.integer(end_dim, "end_dim", "Flatten")
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -162,11 +169,13 @@ class Flatten(Module):
         if not -nd <= self.start_dim < nd or not -nd <= self.end_dim < nd or s > e:
             raise LayerInputError(self, f"expected an input with dimensions {self.start_dim}..{self.end_dim}, "
                                         f"got shape {x.shape}")
-        self._saved = x.shape
-        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+        y = x.reshape(x.shape[:s] + (math.prod(x.shape[s:e + 1]),) + x.shape[e + 1:])  # -1 fails on empty x
+        self._saved = (x.shape, y.shape, x.dtype)
+        return y
 
     def _backward(self, g):
-        return g.reshape(self._saved)
+        shape, out_shape, dtype = self._saved
+        return self.check_grad_output(g, out_shape, dtype).reshape(shape)
 
 
 class Dropout(Module):
@@ -180,9 +189,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, rng=None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout probability p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = _args.real(p, "p", "Dropout", low=0.0, high=1.0)  # the probability of zeroing an entry
         self._rng = None if rng is None else nn_init.resolve_rng(rng)
 
     def extra_repr(self):
@@ -191,15 +198,16 @@ class Dropout(Module):
     def forward(self, x):
         self.check_array(x)
         if not self.training or self.p == 0.0:
-            self._saved = 1
+            self._saved = (1, x.shape, x.dtype)
             return x
         gen = nn_init.resolve_rng(None) if self._rng is None else self._rng
         keep = gen.random(x.shape, dtype=np.float32) >= self.p
         noise = keep.astype(x.dtype)
         if self.p < 1.0:
             noise /= x.dtype.type(1.0 - self.p)
-        self._saved = noise
-        return x * noise
+        self._saved = (noise, x.shape, x.dtype)
+        return np.asarray(x * noise)  # an array also for 0-d x (NumPy would return a scalar)
 
     def _backward(self, g):
-        return g * self._saved
+        noise, shape, dtype = self._saved
+        return np.asarray(self.check_grad_output(g, shape, dtype) * noise)

@@ -45,7 +45,7 @@ class Loss:
         y = self._target(out, y)
         self._saved = (out, y)
         value = self._value(out, y)
-        return float(value) if self.reduction != "none" else value
+        return float(value) if self.reduction != "none" else np.asarray(value)  # an array also for 0-d out
 
     def backward(self, grad_output=None):
         """dL/dout for the last forward; grad_output defaults to 1 (or ones of the loss's shape for "none")."""
@@ -54,8 +54,13 @@ class Loss:
                                f"call loss_fn(out, y) first")
         out, y = self._saved
         if grad_output is None:
-            grad_output = np.ones(() if self.reduction != "none" else self._value(out, y).shape, dtype=out.dtype)
-        return self._grad(out, y, np.asarray(grad_output, dtype=out.dtype))
+            grad_output = np.ones(() if self.reduction != "none" else np.shape(self._value(out, y)), dtype=out.dtype)
+        try:
+            grad_output = np.asarray(grad_output, dtype=out.dtype)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{type(self).__name__}.backward: grad_output must be a number or an array of numbers, "
+                            f"got {type(grad_output).__name__}") from e
+        return np.asarray(self._grad(out, y, grad_output))   # an array also for 0-d out
 
     def _check_out(self, out):
         if not isinstance(out, np.ndarray) or out.dtype.kind != "f":

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnstab.nn import _args
 from nnstab.nn.errors import LayerInputError
 from nnstab.nn.module import Module, Parameter, as_float_dtype
+
+
+EMPTY_BATCH = "empty batch"   # what forward saves for an input without rows: backward returns zeros
 
 
 class BatchNorm(Module):
@@ -26,7 +30,9 @@ class BatchNorm(Module):
                  track_running_stats: bool = True, *, dtype=np.float32):
         super().__init__()
         dt = as_float_dtype(dtype)
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.num_features = _args.size(num_features, "num_features", "BatchNorm", minimum=1)
+        self.eps = _args.real(eps, "eps", "BatchNorm", low=0.0)
+        self.momentum = None if momentum is None else _args.real(momentum, "momentum", "BatchNorm", 0.0, 1.0)
         self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter(np.ones(self.num_features, dtype=dt)) if affine else None
         self.bias = Parameter(np.zeros(self.num_features, dtype=dt)) if affine else None
@@ -57,6 +63,9 @@ class BatchNorm(Module):
         axes, bshape = self._shape(x)
         xw = x.astype(np.promote_types(x.dtype, np.float32), copy=False)
         use_batch = self.training or not self.track_running_stats
+        if use_batch and x.size == 0:   # an empty batch: nothing to normalise or to learn from (as torch)
+            self._saved = (EMPTY_BATCH, x.shape, x.dtype)
+            return x.copy()
         if use_batch:
             n = x.size // self.num_features
             if n < 2:
@@ -84,6 +93,8 @@ class BatchNorm(Module):
         self.running_var = ((1 - m) * self.running_var + m * unbiased_var).astype(dt)
 
     def _backward(self, g):
+        if isinstance(self._saved[0], str):        # the last forward had an empty batch
+            return self._backward_empty(g)
         x_hat, invstd, axes, bshape, use_batch, dtype = self._saved
         g = self.check_grad_output(g, x_hat.shape, dtype).astype(x_hat.dtype, copy=False)
         if self.affine:
@@ -97,3 +108,11 @@ class BatchNorm(Module):
         mean_g = g_hat.mean(axis=axes).reshape(bshape)
         mean_gx = (g_hat * x_hat).mean(axis=axes).reshape(bshape)
         return ((g_hat - mean_g - x_hat * mean_gx) * invstd.reshape(bshape)).astype(dtype, copy=False)
+
+    def _backward_empty(self, g):
+        _, shape, dtype = self._saved
+        self.check_grad_output(g, shape, dtype)
+        if self.affine:
+            self.weight.accumulate_grad(np.zeros_like(self.weight.data))
+            self.bias.accumulate_grad(np.zeros_like(self.bias.data))
+        return np.zeros(shape, dtype=dtype)

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnstab.nn import _args
 from nnstab.nn.module import Parameter
+
+FLAGS = ("nesterov", "centered", "amsgrad")   # the hyper-parameters that are switches, not numbers
 
 
 class Optimizer:
@@ -28,10 +31,14 @@ class Optimizer:
     defaults: dict = {}
 
     def __init__(self, params, **hyper):
+        owner = type(self).__name__
         for name, value in hyper.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be >= 0, got {value}")
+            if name not in FLAGS and name != "betas":   # rates, decays, eps: real numbers >= 0 (NaN refused)
+                hyper[name] = _args.real(value, name, owner, low=0.0)
         self.defaults = dict(hyper)
+        if isinstance(params, (Parameter, np.ndarray, str)) or not hasattr(params, "__iter__"):
+            raise TypeError(f"{owner}: params must be an iterable of Parameters, e.g. model.parameters(), "
+                            f"got {type(params).__name__}")
         params = list(params)
         if not params:
             raise ValueError(f"{type(self).__name__} got an empty parameter list; pass model.parameters()")
@@ -47,9 +54,12 @@ class Optimizer:
         params = [params] if isinstance(params, Parameter) else list(params)
         for p in params:
             if not isinstance(p, Parameter):
-                raise TypeError(f"{type(self).__name__} optimises nnstab.nn.Parameter objects, got "
+                raise TypeError(f"{type(self).__name__}: params must hold nnstab.nn.Parameter objects, got "
                                 f"{type(p).__name__}; pass model.parameters()")
         full = {**self.defaults, **group, "params": params}
+        for name in group:
+            if name in self.defaults and name not in FLAGS and name != "betas":
+                full[name] = _args.real(group[name], name, type(self).__name__, low=0.0)
         self.param_groups.append(full)
 
     def zero_grad(self, set_to_none: bool = True):
@@ -95,10 +105,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, *, dampening: float = 0.0):
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
                          weight_decay=weight_decay, nesterov=nesterov)
+        if nesterov and (self.defaults["momentum"] <= 0 or self.defaults["dampening"] != 0):
+            raise ValueError("SGD: Nesterov momentum requires momentum > 0 and dampening = 0")
 
     def _update(self, p, grad, state, group):
         grad = self._decayed(p, grad, group["weight_decay"])
@@ -178,9 +188,12 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False):
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"Adam: betas must be a pair of floats (beta1, beta2), got {betas!r}")
+        betas = tuple(_args.real(b, f"betas[{i}]", "Adam", low=0.0) for i, b in enumerate(betas))
+        if not (betas[0] < 1.0 and betas[1] < 1.0):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
     def _update(self, p, grad, state, group):
         if not state:

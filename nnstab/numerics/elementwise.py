@@ -24,7 +24,14 @@ import numpy as np
 from nnstab import _backend
 from nnstab.numerics import validate
 from nnstab.numerics.reduce import reduce_loss
-from nnstab.numerics.sigmoid import RECOMPUTE_BELOW, TORCH_SOFTPLUS_THRESHOLD, _scalar_if_0d, map_blocks, sum_blocks
+from nnstab.numerics.sigmoid import (
+    RECOMPUTE_BELOW,
+    TORCH_SOFTPLUS_THRESHOLD,
+    _scalar_if_0d,
+    dense,
+    map_blocks,
+    sum_blocks,
+)
 from nnstab.numerics.sigmoid import _functions as _sigmoid_functions
 from nnstab.numerics.sigmoid import _sigmoid_minus_block, _sigmoid_minus_exact, _sigmoid_minus_torch
 
@@ -74,7 +81,8 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
     if np.isnan(loss).any():  # NaN inputs, or infinite logits (0 * inf in the products): redo those
         with np.errstate(invalid="ignore"):
             values = _at_infinite_logits(x, t, map_blocks(_bce_logits_block, (x, t), np.float64, n_scratch=2))
-        loss = _scalar_if_0d(_backend.from_working(reduce_loss(values, reduction), x.dtype))
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf
+            loss = _scalar_if_0d(_backend.from_working(reduce_loss(values, reduction), x.dtype))
     return loss
 
 
@@ -89,7 +97,7 @@ def mse(pred, target, reduction="mean"):
     p, t = _check_pair(pred, target, ("pred", "target"))
     if _backend.is_tensor(p):
         return _functions().MSE.apply(p, t, reduction, None)
-    with np.errstate(over="ignore"):  # a square beyond float64 is inf exactly
+    with np.errstate(over="ignore", invalid="ignore"):  # a square beyond float64 is inf exactly; inf - inf is NaN
         return _loss_np(_mse_block, p, t, reduction, n_scratch=1, sum_kernel=_mse_sum_block)
 
 
@@ -154,7 +162,7 @@ def _check_pair(a, b, names):
     b = validate.check_float_array(b, names[1])
     validate.check_same_kind(a, b, names)
     validate.check_same_shape(a, b, names)
-    return a, b
+    return dense(a), dense(b)  # a view gives bit for bit what its copy gives (see sigmoid.dense)
 
 
 def _check_probabilities(p, name):
@@ -233,7 +241,8 @@ def _loss_np(kernel, a, b, reduction, n_scratch, sum_kernel=None):
             total = scaled / n / OVERFLOW_RESCALE if np.isfinite(scaled) else total / n
         else:
             total = total / n if n else np.float64(np.nan)
-    return _backend.from_working(np.float64(total), a.dtype)
+    with np.errstate(over="ignore"):  # a loss beyond the dtype's range rounds to inf, its correctly rounded value
+        return _backend.from_working(np.float64(total), a.dtype)
 
 
 def _scaled_losses(values, *rest, kernel, scale=1.0):

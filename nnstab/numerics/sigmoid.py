@@ -53,7 +53,7 @@ def sigmoid(x):
     """
     x = validate.check_float_array(x, "x")
     if _backend.is_tensor(x):
-        return _functions().Sigmoid.apply(x)
+        return _functions().Sigmoid.apply(dense(x))
     return _scalar_if_0d(_sigmoid_np(x, sign=1.0))
 
 
@@ -66,7 +66,7 @@ def log_sigmoid(x):
     """
     x = validate.check_float_array(x, "x")
     if _backend.is_tensor(x):
-        return _functions().LogSigmoid.apply(x)
+        return _functions().LogSigmoid.apply(dense(x))
     return _scalar_if_0d(_softplus_np(x, sign=-1.0))
 
 
@@ -79,7 +79,7 @@ def softplus(x):
     """
     x = validate.check_float_array(x, "x")
     if _backend.is_tensor(x):
-        return _functions().Softplus.apply(x)
+        return _functions().Softplus.apply(dense(x))
     return _scalar_if_0d(_softplus_np(x, sign=1.0))
 
 
@@ -119,7 +119,17 @@ def _check_backward_args(x, grad_output):
     g = validate.check_float_array(grad_output, "grad_output")
     validate.check_same_kind(x, g, ("x", "grad_output"))
     validate.check_same_shape(x, g, ("x", "grad_output"))
-    return x, g
+    return dense(x), dense(g)
+
+
+def dense(x):
+    """A tensor in contiguous memory (NumPy arrays as they are).
+
+    torch evaluates exp, log1p and friends with vectorised kernels on contiguous memory and with
+    scalar ones on strided views, and the two round differently (by up to a float64 ULP): without
+    this a view (x[:, ::2], x.t(), x.expand(...)) would not give bit for bit what its copy gives.
+    """
+    return x.contiguous() if _backend.is_tensor(x) else x
 
 
 def _scalar_if_0d(y):
@@ -132,9 +142,9 @@ def _scalar_if_0d(y):
 def map_blocks(kernel, arrays, out_dtype, n_scratch=1):
     """Evaluate `kernel(out_block, *array_blocks, *scratch_blocks)` over flat, cache-sized blocks.
 
-    The arrays share one shape (0-d entries after the first are passed whole to every block, as
-    scalars); the kernel writes its result into out_block (of `out_dtype`, so its last ufunc rounds
-    float64 to the output dtype once) and may use the float64 scratch blocks. Blocks run in order.
+    The arrays share one shape (0-d entries after a first of another shape are passed whole to every
+    block, as scalars); the kernel writes its result into out_block (of `out_dtype`, so its last ufunc
+    rounds float64 to the output dtype once) and may use the float64 scratch blocks. Blocks run in order.
     """
     out = np.empty(arrays[0].shape, dtype=out_dtype)
     flat_out = out.reshape(-1)
@@ -159,7 +169,9 @@ def sum_blocks(kernel, arrays, n_scratch=1):
 
 
 def _blocks(arrays, n_scratch):
-    flats = [np.ravel(a) if np.ndim(a) else a for a in arrays]
+    # Arrays of the first one's shape go block by block (0-d ones too: a 0-d `out=` operand cannot take a
+    # block of shape (1,)); other 0-d entries are scalars passed whole.
+    flats = [np.ravel(a) if np.ndim(a) or np.shape(a) == np.shape(arrays[0]) else a for a in arrays]
     n = flats[0].size
     scratch = [np.empty(min(n, BLOCK)) for _ in range(n_scratch)]
     for start in range(0, n, BLOCK):

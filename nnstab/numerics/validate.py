@@ -16,6 +16,12 @@ def check_float_array(x, name: str):
                 f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
                 f"got dtype {x.dtype}; convert it with {name}.float()"
             )
+        if x.device.type == "meta":
+            # The results, their validation (label range, [0, 1]) and the exact paths for hard rows all read values.
+            raise ValueError(
+                f"{name} is a tensor on the 'meta' device, which has a shape but no values; nnstab computes "
+                f"and checks values, so move it to a real device first, e.g. {name}.to('cpu')"
+            )
         return x
     if isinstance(x, np.generic):
         x = np.asarray(x)
@@ -24,6 +30,13 @@ def check_float_array(x, name: str):
             f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}; "
             f"wrap it with np.asarray({name}, dtype=np.float64)"
         )
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array, and nnstab does not honour masks; pass {name}.filled(value) "
+            f"(-np.inf masks a logit out of a softmax) or np.asarray({name}) to use every entry"
+        )
+    if not x.dtype.isnative and x.dtype.newbyteorder("=") in _backend.NUMPY_FLOAT_DTYPES:
+        x = x.astype(x.dtype.newbyteorder("="))  # big-endian data (e.g. read from a file): same values, native order
     if x.dtype not in _backend.NUMPY_FLOAT_DTYPES:
         hint = " (bfloat16 is supported for torch tensors)" if "bfloat16" in str(x.dtype) else ""
         raise TypeError(
@@ -56,7 +69,8 @@ def normalize_axis(axis, ndim: int, name: str = "axis") -> int:
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
     if ndim == 0:
-        raise ValueError(f"this function needs an input with at least 1 dimension to reduce along {name}={axis}; got a 0-d input")
+        raise ValueError(f"{name}={axis} needs an input with at least 1 dimension to work along, got a 0-d input "
+                         f"(shape ()); give the input a dimension, e.g. with .reshape(1)")
     if not -ndim <= axis < ndim:
         raise ValueError(f"{name}={axis} is out of range for an input with {ndim} dimension(s); expected {-ndim} <= {name} < {ndim}")
     return int(axis) % ndim
@@ -85,7 +99,7 @@ def check_in_unit_interval(p, name: str):
     if any_true(bad):
         lo, hi = float(p[~_isnan(p)].min()), float(p[~_isnan(p)].max())
         raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{lo:g}, {hi:g}]; "
-                         f"pass logits to the *_with_logits variant or clip {name}")
+                         f"pass probabilities (e.g. a softmax of scores) or clip {name} into [0, 1]")
 
 
 def _isnan(x):

@@ -1,7 +1,7 @@
 """The HTML report in a real browser: headless Chromium over the DevTools protocol (pipe transport, no extra package).
 
 The report of a real `nnstab run` must load from a file with the network unused, log no console error,
-and draw every plot with a non-zero size. Its screenshot is the README's docs/report.png (written when
+and draw every plot with a non-zero size. Its screenshot is the README's reports/screenshot.png (written when
 absent; NNSTAB_UPDATE_SCREENSHOT=1 renews it). Without chromium the test skips locally, and fails under CI=true.
 """
 import base64
@@ -23,7 +23,7 @@ from nnstab import cli
 
 NAN_SCRIPT = Path(__file__).resolve().parents[1] / "commands" / "scripts" / "nan_train.py"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "report.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "reports" / "screenshot.png"
 TIMEOUT_S = 60
 # Flags of a quiet, offline, headless run as root: no sandbox (root), no GPU, and no background
 # network traffic (update checks, sync) that a closed network would turn into errors.
