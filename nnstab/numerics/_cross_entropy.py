@@ -29,6 +29,8 @@ def ce_rows_np(logits, target, axis, hard, ignore_index):
         ce, halves = fix_overflow(soft_ce(t2, log_p), x2, t2)
         return ce.reshape(moved[:-1]), None, halves
     t, valid = flat_targets(target, ignore_index)
+    if x2.shape[1] == 0:  # no classes: validation lets through only ignored rows, whose loss is 0
+        return np.zeros(moved[:-1]), valid, None
     m, log_sum = kernel_np(x2, None)
     ce = ce_from_parts(x2[np.arange(x2.shape[0]), t], m, log_sum, x2.dtype == np.float64)
     limit = np.flatnonzero(np.isinf(m))
@@ -114,7 +116,7 @@ def reduce_rows(rows, reduction, valid, halves=None):
     """
     if reduction != "mean" or (valid is None and halves is None):
         return reduce_loss(rows, reduction)
-    count = rows.shape[0] if valid is None else valid.sum()
+    count = math.prod(rows.shape) if valid is None else valid.sum()  # rows may be 0-d (1-d logits)
     if halves is not None:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return 2 * (halves / count).sum()
@@ -131,6 +133,9 @@ def ce_grad_np(logits, target, g, axis, reduction, hard, ignore_index, ce_rows=N
     n_rows = x2.shape[0]
     p = np.empty(x2.shape)
     m, log_sum = kernel_np(x2, "softmax", p)
+    out_dtype = logits.dtype if out_dtype is None else out_dtype
+    if x2.shape[1] == 0:  # no classes (no rows, or only ignored ones): an empty gradient
+        return finish_np(np.moveaxis(p.reshape(moved), -1, axis), out_dtype)
     if hard:
         t, valid = flat_targets(target, ignore_index)
         w = row_weights(g, reduction, n_rows, valid)
@@ -148,4 +153,4 @@ def ce_grad_np(logits, target, g, axis, reduction, hard, ignore_index, ce_rows=N
         p -= t2
         p *= w[:, None]
     dx = np.moveaxis(p.reshape(moved), -1, axis)
-    return finish_np(dx, logits.dtype if out_dtype is None else out_dtype)
+    return finish_np(dx, out_dtype)

@@ -33,7 +33,9 @@ def _ce_rows_torch(logits, target, dim, hard, ignore_index):
         ce, halves = fix_overflow(soft_ce(t2, log_softmax64_torch(x2, 1)), x2, t2)
         return ce, None, halves
     t, valid = flat_targets(target, ignore_index)
-    if logits.dtype == torch.float64:
+    if x2.shape[1] == 0:  # no classes: validation lets through only ignored rows, whose loss is 0
+        ce = x2.new_zeros(x2.shape[0], dtype=torch.float64)
+    elif logits.dtype == torch.float64:
         ce = _ce_exact_torch(x2, t)
     else:
         # torch's fused float64 kernel is within ~2**-53 absolute: rows below TORCH_FUSED_MIN_LOG_SUM
@@ -83,6 +85,9 @@ def _ce_grad_torch(logits, target, g, dim, reduction, hard, ignore_index, ce_row
     n_rows = x2.shape[0]
     building = torch.is_grad_enabled()  # double backward: differentiable formulas
     p = softmax64(x2, 1)
+    shape = tuple(outer) + (logits.shape[dim],)
+    if x2.shape[1] == 0:  # no classes (no rows, or only ignored ones): an empty gradient
+        return p.reshape(shape).movedim(-1, dim).to(logits.dtype)
     if hard:
         t, valid = flat_targets(target, ignore_index)
         w = row_weights(g, reduction, n_rows, valid)
@@ -96,7 +101,6 @@ def _ce_grad_torch(logits, target, g, dim, reduction, hard, ignore_index, ce_row
         t2 = _backend.to_working(_exact.flatten_rows(target, dim)[0])
         w = row_weights(g, reduction, n_rows, None)
         dx = (p * t2.sum(1, keepdim=True) - t2) * w[:, None]
-    shape = tuple(outer) + (logits.shape[dim],)
     return dx.reshape(shape).movedim(-1, dim).to(logits.dtype)
 
 

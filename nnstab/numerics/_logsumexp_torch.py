@@ -67,10 +67,18 @@ def _patch_limit_rows_torch(y, x, m, dim, mode):
     return torch.where(rows, limit.to(y.dtype), y.movedim(dim, -1)).movedim(-1, dim)
 
 
+def _empty_axis(x, dim) -> bool:
+    """An empty axis has no max (torch's max and amax raise): the forwards return its conventions directly."""
+    return x.shape[dim] == 0
+
+
 # ---------------------------------------------------------------- forwards
 
 def _logsumexp64_torch(x, dim):
-    """logsumexp along dim in float64 (keepdim), cancelling rows recomputed exactly."""
+    """logsumexp along dim in float64 (keepdim), cancelling rows recomputed exactly; an empty axis gives -inf."""
+    if _empty_axis(x, dim):
+        shape = x.shape[:dim] + (1,) + x.shape[dim + 1:]
+        return torch.full(shape, -np.inf, dtype=torch.float64, device=x.device)
     m, _, _, _, e = parts_torch(x, dim)
     log_sum = e.sum(dim, keepdim=True).log1p_()
     log_sum = torch.where(m.isinf(), torch.zeros_like(log_sum), log_sum)  # inf max: e holds inf/NaN
@@ -91,6 +99,8 @@ def softmax64(x, dim):
     """softmax of a tensor along dim as a float64 tensor, accurate for x's dtype; differentiable."""
     if on_numpy(x) and not (torch.is_grad_enabled() and x.requires_grad):
         return from_numpy(rows_np(numpy_view(x), dim, "softmax", np.float64), torch.float64)
+    if _empty_axis(x, dim):
+        return _backend.to_working(x).clone()  # empty, and still in the graph
     if x.dtype == torch.float64:
         return Softmax.apply(x, dim)
     # narrow dtypes: torch's fused float64 softmax errs by a few 2**-53, far below their ULP
@@ -104,9 +114,11 @@ def _softmax_torch(x, dim):
         return from_numpy(rows_np(numpy_view(x), dim, "softmax", _numpy_out_dtype(x)), x.dtype)
     if x.dtype != torch.float64:
         return softmax64(x, dim).to(x.dtype)
+    if _empty_axis(x, dim):
+        return x.detach().clone()
     m, top, _, _, e = parts_torch(x, dim)
     s = e.sum(dim, keepdim=True)
-    e.scatter_(dim, top, 1.0)
+    e.scatter_(dim, top, torch.where(m.isnan(), m, 1.0))  # the max term exp(0) = 1; NaN rows stay NaN
     return _patch_limit_rows_torch(e.div_(s.add_(1.0)), x, m, dim, "softmax")
 
 
@@ -121,6 +133,8 @@ def log_softmax64_torch(x, dim):
     """log_softmax (no graph) as a float64 tensor, accurate for x's dtype."""
     if on_numpy(x):
         return from_numpy(rows_np(numpy_view(x), dim, "log_softmax", np.float64), torch.float64)
+    if _empty_axis(x, dim):
+        return _backend.to_working(x.detach()).clone()
     if x.dtype != torch.float64:
         # torch's fused float64 kernel is within 2**-53 absolute; rows whose winner has a log-sum
         # below TORCH_FUSED_MIN_LOG_SUM (one logit dominates) take the log1p path

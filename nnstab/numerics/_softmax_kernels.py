@@ -61,7 +61,9 @@ def kernel_np(x2, mode, out=None):
     """Per row of a 2-D array: m and log1p(s); with mode "softmax"/"log_softmax" also that row result in out.
 
     Works block by block of rows in float64 scratch. Rows with an infinite max get the limit
-    conventions afterwards (`limit_rows`); NaN rows come out NaN by themselves.
+    conventions afterwards (`limit_rows`). A NaN row has the NaN as its max (argmax finds it), so
+    its shifted terms are all NaN, the max term included: NaN rows come out NaN by themselves.
+    An empty axis gives m = -inf and log1p(s) = 0 (the sum of nothing).
     """
     n_rows, n = x2.shape
     m_all, log_sum_all = np.empty(n_rows), np.empty(n_rows)
@@ -112,9 +114,10 @@ def _block_narrow(xb, bufs, mode, out):
     if mode == "softmax":
         w -= shift
         np.exp(w, out=w)
+        top_term = w[rows, top]  # exp(0) = 1, or NaN in a NaN row (whose max is the NaN)
         w[rows, top] = 0.0
         s = w.sum(axis=1)
-        w[rows, top] = 1.0
+        w[rows, top] = top_term
         w *= (1.0 / (1.0 + s))[:, None]  # two roundings in float64: far below a narrow ULP
         np.copyto(out, w)
         return m, np.log1p(s)
@@ -147,10 +150,11 @@ def _block_wide(xb, bufs, mode, out):
         return m, log_sum
     np.multiply(e, lo, out=lo)
     e += lo
+    top_term = e[rows, top]  # exp(0) = 1, or NaN in a NaN row (whose max is the NaN)
     e[rows, top] = 0.0
     s = e.sum(axis=1)
     if mode == "softmax":
-        e[rows, top] = 1.0
+        e[rows, top] = top_term
         np.divide(e, (1.0 + s)[:, None], out=out)
     return m, np.log1p(s)
 

@@ -80,7 +80,8 @@ def _check_kl(p, q, axis, reduction, log_input):
         if not log_input:
             validate.check_in_unit_interval(a, name)
         elif validate.any_true(a > 0):
-            value = float(a[a > 0].reshape(-1)[0])
+            values = a.detach() if _backend.is_tensor(a) else a  # float() of a tensor in a graph warns
+            value = float(values[values > 0].reshape(-1)[0])
             raise ValueError(f"with log_input=True {name} must hold log-probabilities (<= 0), got a value "
                              f"{value!r}; pass probabilities with log_input=False")
     return p, q, axis, reduction, bool(log_input)

@@ -94,9 +94,10 @@ def any_true(mask) -> bool:
 
 
 def check_in_unit_interval(p, name: str):
-    """Values in [0, 1]; NaN is allowed and propagates."""
+    """Values in [0, 1]; NaN is allowed and propagates. One host sync (the `.any()`) when the values pass."""
     bad = (p < 0) | (p > 1)
     if any_true(bad):
+        p = p.detach() if _backend.is_tensor(p) else p  # float() of a tensor in a graph warns
         lo, hi = float(p[~_isnan(p)].min()), float(p[~_isnan(p)].max())
         raise ValueError(f"{name} must hold probabilities in [0, 1], got values in [{lo:g}, {hi:g}]; "
                          f"pass probabilities (e.g. a softmax of scores) or clip {name} into [0, 1]")

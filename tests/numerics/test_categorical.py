@@ -1,6 +1,7 @@
 """cross_entropy and kl_div: laws, mpmath references on hard families, conventions, gradients, bad input."""
 import importlib
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -253,6 +254,24 @@ def test_kl_conventions_for_zeros_and_nan(kind):
     assert math.isnan(rows[2])
 
 
+@pytest.fixture
+def every_torch_warning():
+    """torch gives some warnings once per process; here each one is given, so a test sees it whatever ran before."""
+    saved = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    yield
+    torch.set_warn_always(saved)
+
+
+@pytest.mark.parametrize("log_input", [False, True])
+def test_kl_refuses_a_tensor_in_a_graph_without_a_warning(log_input, every_torch_warning):
+    p = torch.tensor([0.5, 1.5] if not log_input else [-0.5, 0.5], requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float() of a tensor that requires grad warns unless it is detached
+        with pytest.raises(ValueError, match=r"p must hold (log-)?probabilities"):
+            nnstab.kl_div(p, torch.full((2,), 0.5 if not log_input else -0.5), log_input=log_input)
+
+
 def test_kl_mean_averages_rows_and_sum_adds_them():
     p, q = distributions("float64", seed=3, rows=4)
     rows = nnstab.kl_div(p, q, reduction="none")
@@ -394,6 +413,39 @@ def test_kl_bad_input_messages_name_the_argument_and_the_fix():
         nnstab.kl_div(p, p, log_input="yes")
     with pytest.raises(TypeError, match=r"p must be a floating-point array"):
         nnstab.kl_div(np.ones((2, 3), dtype=np.int32), p)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch ops", "torch numpy kernels"])
+def test_a_1d_row_whose_loss_overflows_reduces_to_inf(kind, monkeypatch):
+    """A single row of 1-d logits has 0-d per-row losses; the mean over it must still be its loss."""
+    wrap = np.asarray
+    if kind != "numpy":
+        monkeypatch.setattr(lse_module, "NUMPY_ON_CPU", kind == "torch numpy kernels")
+        wrap = torch.as_tensor
+    for reduction in ("mean", "sum", "none"):
+        hard = nnstab.cross_entropy(wrap(np.array([1e308, -1e308])), wrap(np.array(1)), reduction=reduction)
+        soft = nnstab.cross_entropy(wrap(np.array([np.inf, 0.0])), wrap(np.array([0.5, 0.5])), reduction=reduction)
+        assert float(hard) == np.inf and float(soft) == np.inf, reduction
+    loss = nnstab.cross_entropy(wrap(np.array([1e308, -1e308, 1e308])), wrap(np.array(0)))
+    assert float(loss) == pytest.approx(math.log(2), rel=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch ops", "torch numpy kernels"])
+def test_no_classes_or_no_rows_give_empty_or_ignored_losses(kind, monkeypatch):
+    """Empty class axes on every path: soft targets on no rows, and rows that are all ignored (torch gives 0)."""
+    wrap = np.asarray
+    if kind != "numpy":
+        monkeypatch.setattr(lse_module, "NUMPY_ON_CPU", kind == "torch numpy kernels")
+        wrap = torch.as_tensor
+    assert nnstab.cross_entropy(wrap(np.zeros((0, 0))), wrap(np.zeros((0, 0))), reduction="none").shape == (0,)
+    ignored = nnstab.cross_entropy(wrap(np.zeros((2, 0))), wrap(np.array([-100, -100])), ignore_index=-100,
+                                   reduction="none")
+    assert np.asarray(ignored).tolist() == [0.0, 0.0]
+    assert math.isnan(nnstab.cross_entropy(wrap(np.zeros((2, 0))), wrap(np.array([0, 0])), ignore_index=0))
+    if kind != "numpy":
+        x = torch.zeros((2, 0), dtype=torch.float64, requires_grad=True)
+        nnstab.cross_entropy(x, torch.tensor([-100, -100]), ignore_index=-100, reduction="sum").backward()
+        assert x.grad.shape == (2, 0)
 
 
 def test_nan_propagates_through_losses_without_an_error():

@@ -188,6 +188,33 @@ def test_an_empty_axis_gives_minus_inf_and_empty_results():
     assert nnstab.softmax(x).shape == (3, 0) and nnstab.log_softmax(x).shape == (3, 0)
 
 
+@pytest.mark.parametrize("numpy_on_cpu", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_empty_axis_on_tensors_gives_the_same_conventions(dtype, numpy_on_cpu, monkeypatch):
+    monkeypatch.setattr(lse_module, "NUMPY_ON_CPU", numpy_on_cpu)  # False: the torch ops every CUDA tensor takes
+    x = torch.zeros((3, 0), dtype=getattr(torch, dtype), requires_grad=True)
+    assert nnstab.logsumexp(x).tolist() == [-np.inf] * 3
+    assert nnstab.logsumexp(x, axis=0, keepdims=True).shape == (1, 0)
+    for name in ("softmax", "log_softmax"):
+        y = getattr(nnstab, name)(x)
+        assert y.shape == (3, 0) and y.dtype == x.dtype
+        y.sum().backward()
+    assert x.grad.shape == (3, 0)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch ops", "torch numpy kernels"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_a_nan_poisons_its_row_even_as_the_rows_only_entry(kind, dtype, monkeypatch):
+    """The NaN is the row's max; its own term, set aside for the sum, must not come back as exp(0) = 1."""
+    x = np.array([[np.nan], [0.0]], dtype)
+    if kind != "numpy":
+        monkeypatch.setattr(lse_module, "NUMPY_ON_CPU", kind == "torch numpy kernels")
+        x = torch.from_numpy(x)
+    for name in FUNCTIONS:
+        y = np.asarray(getattr(nnstab, name)(x), dtype=np.float64).reshape(-1)
+        assert np.isnan(y[0]) and y[1] == (0.0 if name != "softmax" else 1.0), (name, y)
+
+
 def test_subnormal_probabilities_are_not_flushed_to_zero():
     x = np.array([0.0, -740.0])  # exp(-740) ~ 4e-322: a subnormal float64
     y = nnstab.softmax(x)
