@@ -1,0 +1,92 @@
+"""Float formats' limits, and the underflow/overflow shares of a tensor measured against them.
+
+Shares are estimated on the host from a fixed subsample of the tensor's values (tape.SAMPLE_SIZE):
+counting by magnitude on the device costs several passes, a strided sample costs one small copy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# name -> (largest finite, smallest normal, smallest subnormal)
+FORMATS = {
+    "float16": (65504.0, 2.0 ** -14, 2.0 ** -24),
+    "bfloat16": (3.3895313892515355e38, 2.0 ** -126, 2.0 ** -133),
+    "float32": (3.4028234663852886e38, 2.0 ** -126, 2.0 ** -149),
+    "float64": (1.7976931348623157e308, 2.0 ** -1022, 5e-324),
+}
+FP16_MAX = FORMATS["float16"][0]
+BF16_MAX = FORMATS["bfloat16"][0]
+# Round-to-nearest sends |x| <= half the smallest subnormal to zero.
+FP16_FLUSH = FORMATS["float16"][2] / 2
+BF16_FLUSH = FORMATS["bfloat16"][2] / 2
+
+
+def dtype_name(dtype) -> str:
+    """'float32' for torch.float32, np.float32, np.dtype('float32') or 'float32'."""
+    name = str(dtype)
+    return name[6:] if name.startswith("torch.") else name
+
+
+def limits(dtype) -> tuple[float, float, float]:
+    """(largest finite, smallest normal, smallest subnormal) of a float dtype."""
+    return FORMATS[dtype_name(dtype)]
+
+
+def is_wide(dtype) -> bool:
+    """float32 and float64: formats for which float16/bfloat16 risks are reported."""
+    return dtype_name(dtype) in ("float32", "float64")
+
+
+def shares(sample, dtype) -> dict[str, float]:
+    """Underflow and overflow shares of a tensor, from a sample of its values (a NumPy array).
+
+    Underflow shares are out of the non-zero values (a ReLU's zeros are not underflow), overflow
+    shares out of all values:
+      dtype_underflow_frac   subnormal in the tensor's own dtype (0 < |x| < smallest normal)
+      dtype_overflow_frac    +-inf (and NaN)
+      fp16_underflow_frac, bf16_underflow_frac   would round to zero in float16 / bfloat16
+      fp16_overflow_frac, bf16_overflow_frac     would overflow there
+    (the float16/bfloat16 shares only for float32/float64 tensors). One binary search per value
+    against the sorted edges and one count: a few NumPy calls whatever the number of edges.
+    """
+    name = dtype_name(dtype)
+    edges = _EDGES.get(name)
+    if edges is None:
+        edges = _EDGES[name] = _edges(name)
+    names, values = edges
+    a = np.abs(np.asarray(sample, dtype=np.float64))
+    n = a.size
+    if n == 0:
+        return {}
+    # count(|x| <= edge) for every edge: side="left" puts |x| == edge at the edge's own index
+    below = np.cumsum(np.bincount(np.searchsorted(values, a, side="left"), minlength=len(values) + 1)).tolist()
+    c = dict(zip(names, below))
+    zero = c["zero"]
+    nonzero = n - zero
+
+    def frac(k, d):
+        return k / d if d else 0.0
+
+    out = {"dtype_underflow_frac": frac(c["subnormal"] - zero, nonzero), "dtype_overflow_frac": frac(n - c["own_max"], n)}
+    if "fp16_max" in c:
+        out["fp16_underflow_frac"] = frac(c["fp16_flush"] - zero, nonzero)
+        out["bf16_underflow_frac"] = frac(c["bf16_flush"] - zero, nonzero)
+        out["fp16_overflow_frac"] = frac(c["own_max"] - c["fp16_max"], n)
+        out["bf16_overflow_frac"] = frac(c["own_max"] - c["bf16_max"], n)
+    return out
+
+
+_EDGES = {}
+
+
+def _edges(name):
+    """(edge names, their values in increasing order) for a dtype; counting |x| <= edge.
+
+    subnormal is the largest value below the smallest normal; the float16/bfloat16 edges only for
+    float32/float64 tensors."""
+    big, tiny, _ = FORMATS[name]
+    edges = {"zero": 0.0, "subnormal": float(np.nextafter(tiny, 0.0)), "own_max": big}
+    if name in ("float32", "float64"):
+        edges.update(bf16_flush=BF16_FLUSH, fp16_flush=FP16_FLUSH, fp16_max=FP16_MAX, bf16_max=BF16_MAX)
+    ordered = sorted(edges.items(), key=lambda kv: kv[1])
+    return [k for k, _ in ordered], np.array([v for _, v in ordered], dtype=np.float64)

@@ -1,0 +1,59 @@
+"""vanishing_gradient and exploding_gradient: found at the layer, with the step the condition began."""
+import torch
+from torch import nn
+
+import nnstab.nn as nnn
+
+
+def deep_torch(act, depth, gain=1.0, width=32):
+    torch.manual_seed(0)
+    layers = [nn.Linear(16, width), act()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), act()]
+    model = nn.Sequential(*layers, nn.Linear(width, 4))
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(gain)
+    return model
+
+
+def test_deep_sigmoid_network_vanishes_toward_the_input(tools):
+    mon = tools.torch_train(deep_torch(nn.Sigmoid, 12), steps=6)
+    f = tools.first(mon, "vanishing_gradient")
+    assert (f.layer, f.step, f.phase, f.severity) == ("0", 0, "backward", "warning")
+    assert f.value < 1e-3 and "0" in f.details["ratios"]
+
+
+def test_deep_large_init_relu_network_explodes_toward_the_input(tools):
+    mon = tools.torch_train(deep_torch(nn.ReLU, 8, gain=10.0), steps=3, lr=1e-12)
+    f = [f for f in mon.findings if f.kind == "exploding_gradient" and f.details["test"] == "depth"][0]
+    assert (f.layer, f.step, f.phase, f.severity) == ("0", 0, "backward", "warning")
+    assert f.value > 100
+
+
+def test_gradients_growing_over_steps(tools):
+    # a learning rate past the stability limit of a quadratic: the gradient doubles every step
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1, bias=False))
+    x, y = torch.eye(4), torch.zeros(4, 1)
+    mon = tools.torch_train(model, steps=14, lr=6.0, x=x, y=y, loss_fn=nn.functional.mse_loss)
+    f = [f for f in mon.findings if f.kind == "exploding_gradient" and f.details["test"] == "growth"][0]
+    assert f.layer == "0" and f.value >= 1000 and 9 <= f.step <= 11
+
+
+def test_numpy_deep_sigmoid_network_vanishes(tools):
+    # sigmoid' <= 1/4: every layer shrinks the gradient it passes back, while its input stays ~1/2
+    nnn.manual_seed(0)
+    layers = [nnn.Dense(16, 32, init="xavier"), nnn.Sigmoid()]
+    for _ in range(10):
+        layers += [nnn.Dense(32, 32, init="xavier"), nnn.Sigmoid()]
+    model = nnn.Sequential(*layers, nnn.Dense(32, 4, init="xavier"))
+    mon = tools.numpy_train(model, steps=6)
+    f = tools.first(mon, "vanishing_gradient")
+    assert (f.layer, f.step, f.phase) == ("0", 0, "backward")
+
+
+def test_healthy_relu_network_has_no_gradient_findings(tools):
+    mon = tools.torch_train(deep_torch(nn.ReLU, 8), steps=11)
+    assert not [f for f in mon.findings if f.kind.endswith("_gradient")], [str(f) for f in mon.findings]

@@ -1,0 +1,44 @@
+"""loss_divergence: a loss that grows by a factor within a window, or that is non-finite."""
+import torch
+from torch import nn
+
+
+def quadratic(lr, steps):
+    """Least squares on 4 points; a step size beyond 2/L makes every step overshoot by a growing amount."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1, bias=False))
+    return model, dict(steps=steps, lr=lr, x=torch.eye(4), y=torch.ones(4, 1), loss_fn=nn.functional.mse_loss)
+
+
+def test_diverging_loss_is_a_warning_before_it_overflows(tools):
+    model, kw = quadratic(lr=6.0, steps=20)
+    mon = tools.torch_train(model, **kw)
+    f = tools.first(mon, "loss_divergence")
+    assert (f.layer, f.phase, f.severity) == ("", "loss", "warning")
+    assert f.value > 4 and f.step <= 8
+
+
+def test_converging_loss_is_not_divergence(tools):
+    model, kw = quadratic(lr=0.5, steps=60)
+    mon = tools.torch_train(model, **kw)
+    assert not [f for f in mon.findings if f.kind == "loss_divergence"]
+
+
+def test_noisy_but_healthy_loss_is_not_divergence(tools):
+    torch.manual_seed(0)
+    x, y = torch.randn(512, 16), torch.randint(0, 4, (512,))
+
+    def batch(step, size=8):
+        return x[(step * size) % 512:(step * size) % 512 + size]
+
+    def labels(step, size=8):
+        return y[(step * size) % 512:(step * size) % 512 + size]
+
+    mon = tools.torch_train(tools.torch_mlp(), steps=60, lr=0.05, x=batch, y=labels)
+    assert not [f for f in mon.findings if f.severity != "info"], [str(f) for f in mon.findings]
+
+
+def test_nan_loss_is_an_error(tools):
+    mon = tools.torch_train(tools.torch_mlp(), steps=3, loss_fn=lambda out, y: out.sum() * float("nan"))
+    f = tools.first(mon, "loss_divergence")
+    assert (f.layer, f.step, f.phase, f.severity, f.count) == ("", 0, "loss", "error", 3)

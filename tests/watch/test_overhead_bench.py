@@ -1,0 +1,24 @@
+"""`nnstab bench overhead`: its variants run a real training step each (timings themselves are not tested)."""
+import pytest
+import torch
+
+from nnstab.bench import overhead
+
+
+def test_every_variant_trains_and_the_item_probe_hooks_every_module():
+    for variant in ("plain", "watch", "anomaly", "item"):
+        step, monitor = overhead.training_step("mlp", variant)
+        step()
+        step()
+        if variant == "watch":
+            assert [r["step"] for r in monitor.records if r["type"] == "step"] == [0, 1]
+            monitor.close()
+    model, x, y = overhead.make_model("cnn")
+    handles = overhead.item_probe(model)
+    assert len(handles) == len(list(model.modules())) + sum(1 for m in model.modules() if not list(m.children()))
+    with pytest.warns(UserWarning, match="Full backward hook"):   # torch's note: the batch needs no gradient
+        model(x).sum().backward()
+    for h in handles:
+        h.remove()
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    assert tuple(model(x).shape) == (64, 10) and y.dtype == torch.int64
