@@ -12,6 +12,7 @@ import importlib
 TABLES = {
     "numerics": ("nnstab.bench.numerics", "numeric functions vs scipy.special and torch.nn.functional"),
     "nn": ("nnstab.bench.nn", "one training step of nnstab.nn vs torch: MLP and CNN, float32 CPU"),
+    "overhead": ("nnstab.bench.overhead", "the cost of nnstab.watch per training step, vs plain, anomaly mode and an .item() probe"),
 }
 
 

@@ -146,3 +146,16 @@ def test_a_dropped_monitor_takes_its_hooks_away():
     gc.collect()
     assert not any(m._forward_hooks for m in model.modules())
     watch(model).close()               # and the model can be watched again
+
+
+def test_nnstab_watch_is_callable_however_it_was_imported():
+    import nnstab
+    import nnstab.watch.finding  # noqa: F401  (makes nnstab.watch the package, as any submodule import does)
+
+    for _ in range(2):
+        mon = nnstab.watch(nn.Linear(2, 2), every=1)
+        assert type(mon).__name__ == "Monitor"
+        mon.close()
+    from nnstab import watch as w
+
+    w(nn.Linear(2, 2)).close()

@@ -134,3 +134,23 @@ def test_in_place_activation_after_the_origin(tools):
     mon = tools.torch_train(model, steps=1, lr=0.0)
     f = tools.first(mon, "nonfinite")
     assert (f.layer, f.phase) == ("0", "forward")
+
+
+class NumpySqrt(nnn.Module):
+    """sqrt(x * (x > 0)) for nnstab.nn: finite forward, NaN backward at the zeros (inf * 0)."""
+
+    def forward(self, x):
+        self._saved = (x, x > 0)
+        return np.sqrt(x * (x > 0))
+
+    def _backward(self, g):
+        x, m = self._saved
+        return g * m * 0.5 / np.sqrt(x * m)       # where x <= 0: 0 * (0.5 / 0) = 0 * inf = NaN
+
+
+def test_numpy_backward_origin(tools):
+    nnn.manual_seed(0)
+    model = nnn.Sequential(nnn.Dense(16, 32), NumpySqrt(), nnn.Dense(32, 4))
+    mon = tools.numpy_train(model, steps=2)
+    f = tools.first(mon, "nonfinite")
+    assert (f.layer, f.step, f.phase) == ("1", 0, "backward")

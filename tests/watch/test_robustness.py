@@ -23,13 +23,14 @@ def test_a_check_that_raises_becomes_an_info_finding_and_is_switched_off(tools, 
     assert len([r for r in mon.records if r["type"] == "step"]) == 4
 
 
-def test_a_hook_that_raises_does_not_reach_training(tools, monkeypatch):
+@pytest.mark.parametrize("method", ["_units", "_grad", "_finite_value"])
+def test_a_hook_that_raises_does_not_reach_training(tools, monkeypatch, method):
     from nnstab.watch.adapters import torch as torch_adapter
 
-    def broken(self, tape, layer, units, conv, rec, t):
+    def broken(self, *args):
         raise RuntimeError("unit statistic failed")
 
-    monkeypatch.setattr(torch_adapter.TorchAdapter, "_units", broken)
+    monkeypatch.setattr(torch_adapter.TorchAdapter, method, broken)
     model = tools.torch_mlp()
     twin = tools.torch_mlp()
     mon = tools.torch_train(model, steps=3)

@@ -1,8 +1,11 @@
 """What every adapter shares: the layer list, attaching/detaching hooks, the step's tape, and hook failures.
 
-An adapter knows one framework. It attaches hooks that record measurements into the current Tape
-(nnstab.watch.tape), and at the step's end adds the parameters, the loss and the AMP scale, then
-`read()`s the pending tapes to the host in one transfer. Everything after that is framework-neutral.
+An adapter knows one framework. Its forward hooks record each module call into the current Tape
+(nnstab.watch.tape): which tensors it took and made, and what to measure of them. On an accelerator the
+measurements are launched in the hooks and stay on the device; on the host they run together when the
+model's forward returns (flush_forward), looking at sentinels first when the step does not ask for every
+layer. At the step's end the adapter adds the parameters, the loss and the AMP scale, and `read()`s the
+pending tapes (one transfer for device results). Everything after that is framework-neutral.
 """
 from __future__ import annotations
 
@@ -35,8 +38,8 @@ class BaseAdapter:
         self.sentinels = False          # on steps not asking for every layer, look at the model's outputs
                                         # and at the gradients nearest its inputs first (see flush_forward)
         self.active = False
-        self.on_cpu = True                # the model's parameters are on the CPU: results can be read at once
-        self._own_params = None           # [(layer, its own parameters)], listed on first use
+        self.on_cpu = True              # the model's parameters are on the CPU: results can be read at once
+        self._own_params = None         # [(layer, its own parameters)], listed on first use
         self.disabled: set = set()      # layers whose hooks failed once: skipped from then on
         self.errors: list = []          # (where, exception): the monitor turns each into an info finding
 

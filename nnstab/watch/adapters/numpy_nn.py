@@ -101,6 +101,8 @@ class NumpyAdapter(BaseAdapter):
         total = float(t.sum(dtype=np.float32) if t.dtype == np.float16 else t.sum())
         if math.isinf(total):
             total = float(t.sum(dtype=np.float64))
+        if total != total and np.isinf(t).any():
+            total = math.inf      # +inf and -inf summed to NaN: values overflowed (NaN may follow from them)
         return total
 
     def _range(self, tape, layer, t):

@@ -82,6 +82,7 @@ class TorchAdapter(BaseAdapter):
         super().__init__(model)
         self.float_in, self.float_out = [], []   # per layer: known to take / give floating tensors
         self.held = []                           # gradients held back until the step's end (sentinel mode)
+        self._own = None                         # layer -> its own parameters (for the sentinels)
 
     # -- the model ---------------------------------------------------------------------------
     def _modules(self):
@@ -196,43 +197,75 @@ class TorchAdapter(BaseAdapter):
             lambda grads: self._on_grad(tape, layer, rec, pass_id, owner, grads[k]))
 
     def _on_grad(self, tape, layer, rec, pass_id, owner, g):
-        if g is not None and self.active and tape.svals is None and owner not in self.disabled:
+        if g is None or not self.active or tape.svals is not None or owner in self.disabled:
+            return
+        try:
             if self.sentinels and tape is self.tape and not tape.plan.layers:
-                self.held.append((layer, rec, pass_id, owner, g))     # judged at the step's end
-                return
-            try:
+                # a gradient nearest the model's inputs (a sink) is looked at now, while it is in
+                # cache — or, for a layer whose own parameter gradients are smaller, those at the
+                # step's end; every other one is held, to be measured only if a sink is not finite
+                sink = not self.upstream_compute(tape, rec)
+                if sink and not self._small_layer(layer, g):
+                    self._grad(tape, layer, rec, pass_id, g)
+                self.held.append((layer, rec, pass_id, owner, g, sink))
+            else:
                 self._grad(tape, layer, rec, pass_id, g)
-            except Exception as exc:
-                self.fail(f"gradient hook of {self.names[owner] or 'the model'!r}", exc, owner)
+        except Exception as exc:     # never into training
+            self.fail(f"gradient hook of {self.names[owner] or 'the model'!r}", exc, owner)
 
     def flush_grads(self):
-        """Sentinel mode: the gradients nearest the model's inputs are measured first — a NaN/inf made
-        anywhere in backward flows on into them — and every held gradient only when one is not finite."""
+        """Sentinel mode: the sinks (gradients nearest the model's inputs, where a NaN/inf made anywhere
+        in backward flows on to) decide; every held gradient is measured only when a sink is not finite."""
         held, self.held = self.held, []
         tape = self.tape
         if not held or tape is None:
             return
-        sinks = [e for e in held if not self.upstream_compute(tape, e[1])] or held[-1:]
-        healthy = all(self._sentinel_finite(e[0], e[4]) for e in sinks)
-        for layer, rec, pass_id, owner, g in (sinks if healthy else held):
-            if owner in self.disabled:
+        healthy = True
+        for layer, rec, pass_id, owner, g, sink in held:
+            tape.passes_with_grad.add(pass_id)         # these passes had a backward, measured or not
+            if not sink:
                 continue
-            try:
-                self._grad(tape, layer, rec, pass_id, g)
-            except Exception as exc:
-                self.fail(f"gradient hook of {self.names[owner] or 'the model'!r}", exc, owner)
+            if rec.grad_meas is not None:              # measured in the hook
+                v = tape.scalars[tape.meas[rec.grad_meas].s0]
+                healthy &= v - v == 0
+            else:                                      # through the layer's own (smaller) parameter gradients
+                small = self._small_sentinel(layer)
+                healthy &= all(_sumsq_finite(q) for q in small) if small else _sumsq_finite(g)
+        if healthy:
+            return
+        order = {}                                     # gradient Meas -> its place in backward
+        for k, (layer, rec, pass_id, owner, g, sink) in enumerate(held):
+            i = rec.grad_meas if rec.grad_meas is not None else self._measure(tape, layer, rec, pass_id, owner, g)
+            if i is not None:
+                order[i] = k
+        tape.grad_events.sort(key=lambda i: order.get(i, -1))   # backward's own order, for the origin
 
-    def _sentinel_finite(self, layer, g) -> bool:
-        """Whether the gradient into `layer`'s output is finite, judged on whichever is smaller: that
-        gradient, or the gradients of the layer's own parameters that backward computed from it
-        (a convolution's output is large, its kernel small; NaN in one means NaN in the other)."""
-        grads = []
-        if layer is not None:
-            grads = [p.grad for p in self.modules[layer].parameters(recurse=False)
-                     if p.requires_grad and p.grad is not None and not p.grad.is_sparse]
-        if grads and sum(q.numel() for q in grads) < g.numel():
-            return all(_sumsq_finite(q) for q in grads)
-        return _sumsq_finite(g)
+    def _layer_params(self, layer):
+        if self._own is None:
+            self._own = {k: ps for k, ps in self._param_lists()}
+        return self._own.get(layer, ())
+
+    def _small_layer(self, layer, g) -> bool:
+        """Whether `layer`'s own parameters hold fewer values than g (a convolution's kernel next to its
+        output): their gradients, computed by backward from g, are then the cheaper sentinel."""
+        if layer is None:
+            return False
+        n = sum(p.numel() for p in self._layer_params(layer) if p.requires_grad)
+        return 0 < n < g.numel()
+
+    def _small_sentinel(self, layer):
+        """The gradients of `layer`'s own parameters (NaN/inf when the gradient they came from is)."""
+        return [p.grad for p in self._layer_params(layer) if p.requires_grad and p.grad is not None
+                and not p.grad.is_sparse]
+
+    def _measure(self, tape, layer, rec, pass_id, owner, g):
+        if owner in self.disabled:
+            return None
+        try:
+            return self._grad(tape, layer, rec, pass_id, g)
+        except Exception as exc:
+            self.fail(f"gradient hook of {self.names[owner] or 'the model'!r}", exc, owner)
+            return None
 
     def _grad(self, tape, layer, rec, pass_id, g):
         # activations' gradients are dense floating tensors of the activation's dtype
@@ -259,14 +292,19 @@ class TorchAdapter(BaseAdapter):
                 tape.add(T.GRAD_RANGE, layer, g.dtype, (_now(g.amin()), _now(g.amax())), pass_id=pass_id)
             if tape.plan.under:
                 self._sample(tape, layer, g, "grad", pass_id)
+        return i
 
     # -- the step's end --------------------------------------------------------------------------
+    def _param_lists(self):
+        """[(layer, its own parameters)] for layers that have any, listed once: the tree does not change."""
+        if self._own_params is None:
+            lists = [(k, list(m.parameters(recurse=False))) for k, m in enumerate(self.modules)]
+            self._own_params = [(k, ps) for k, ps in lists if ps]
+        return self._own_params
+
     def _params(self, tape, only=None):
-        if self._own_params is None:            # (layer, its own parameters), once: the tree does not change
-            self._own_params = [(k, list(m.parameters(recurse=False))) for k, m in enumerate(self.modules)]
-            self._own_params = [(k, ps) for k, ps in self._own_params if ps]
         with torch.no_grad():
-            for k, params in self._own_params:
+            for k, params in self._param_lists():
                 if only is not None and k != only:
                     continue
                 params = [p for p in params if p.requires_grad]
@@ -348,14 +386,18 @@ def _sum(x):
     """sum(x), NaN/inf exactly when a value of x is: a float on the CPU, a float64 device tensor elsewhere.
 
     On the CPU the float32 sum (one fast pass) is read at once; in the rare case it is infinite the
-    sum is redone in float64, which tells a true infinity from a sum beyond float32's range. On a GPU,
-    where the reduction is memory-bound, it accumulates in float64 from the start and is not waited for.
+    sum is redone in float64, which tells a true infinity from a sum beyond float32's range, and when
+    it is NaN, a look for infinities tells an overflow (+inf and -inf summing to NaN) from a NaN made
+    otherwise. On a GPU, where the reduction is memory-bound, it accumulates in float64 from the start
+    and is not waited for.
     """
     if x.device.type != "cpu":
         return x.sum(dtype=torch.float64)
     s = (x.sum(dtype=torch.float32) if x.dtype in HALVES else x.sum()).item()
     if math.isinf(s):
         s = x.double().sum().item()
+    if s != s and bool(torch.isinf(x).any()):
+        s = math.inf          # +inf and -inf summed to NaN: values overflowed (NaN may follow from them)
     return s
 
 

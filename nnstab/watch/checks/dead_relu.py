@@ -15,7 +15,7 @@ import numpy as np
 
 from nnstab.watch.checks.base import Check
 
-SHARE = 0.25   # a quarter of a layer's capacity gone; healthy nets lose a few percent at most
+SHARE = 0.5    # half of a layer's capacity gone: healthy nets lose a few percent, a dying layer most of it
 STEPS = 3      # looks in a row (15 steps at EVERY=5): a live but selective unit is not silent that long
 EVERY = 5      # look every 5 steps; the measurement costs a pass over each ReLU output
 

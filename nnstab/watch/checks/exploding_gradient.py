@@ -10,7 +10,8 @@ Three tests:
             RELATIVE, one SGD step at learning rate 0.01 moves the layer by its own size. Layers whose
             parameters are (near) zero, as zero-initialised layers are, are left to the other tests.
   growth    the norm of the gradient flowing into a layer's output now, over its smallest value in the
-            last WINDOW steps: explosion is exponential, warm-up is not.
+            last WINDOW steps, when it is also the largest the layer has seen: explosion is exponential
+            and unprecedented; warm-up, or the rebound after a loss that touched zero, is not.
 depth and growth use every layer's output gradient, measured every LAYERS_EVERY steps on the CPU (every
 step on an accelerator). depth must hold for PATIENCE such measurements in a row and relative for
 RELATIVE_PATIENCE parameter reads (reported at the step the run began); growth is reported as soon as it
@@ -44,6 +45,7 @@ class ExplodingGradientCheck(Check):
     def __init__(self, **options):
         super().__init__(**options)
         self._history = {}     # layer -> _WindowMin of its recent gradient norms
+        self._peak = {}        # layer -> the largest gradient norm it has had
         self._runs = {"depth": [0, None], "relative": [0, None]}   # test -> [length, start step]
 
     def needs(self, step):
@@ -82,10 +84,12 @@ class ExplodingGradientCheck(Check):
             low = self._history.get(layer)
             if low is None:
                 low = self._history[layer] = _WindowMin(self.window)
-            smallest = low.min()
-            if smallest is not None and smallest > 0 and now > best_g * smallest:
+            smallest, peak = low.min(), self._peak.get(layer, 0.0)
+            if smallest is not None and smallest > 0 and now > peak and now > best_g * smallest:
                 best, best_g = layer, now / smallest
             low.push(step, now)
+            if now > peak:
+                self._peak[layer] = now
         out = []
         if n_rms >= 2 and last > 0:
             out += self._persist(view, "depth", first[0], first[1] / last)

@@ -1,6 +1,9 @@
 """loss_divergence: the loss is non-finite (error), or it has grown by FACTOR over the last WINDOW steps
 and is above where it started (warning).
 
+A non-finite loss is this check's finding when the loss is where the NaN/inf began (the model's outputs
+were finite); when it only carries a NaN made upstream, the nonfinite finding names the origin instead.
+
 Growth compares the recent loss (the median of the last SMOOTH losses, so one bad batch does not count)
 with the smallest such median in the window; the guard "above the starting loss" keeps a converged
 loss that wanders near zero from being called divergent. Losses that can be negative are only checked
@@ -38,6 +41,8 @@ class LossDivergenceCheck(Check):
         if loss is None:
             return []
         if not math.isfinite(loss):
+            if self._broken is None and not (view.origins and view.origins[0].phase == "loss"):
+                return []   # the NaN/inf began upstream: the nonfinite finding says where; the loss only followed
             if self._broken is None:
                 self._broken = self.finding(
                     "", view.step, "loss", "error", loss, sys.float_info.max,

@@ -7,7 +7,8 @@ Shares are out of the non-zero values (a ReLU's exact zeros are not underflow), 
            significant bits, and the next multiplication flushes them to zero;
   info     a float32/float64 run where at least RISK_SHARE would round to zero in float16 (|x| <= 2^-25)
            or bfloat16 (|x| <= 2^-134): under AMP they vanish; with float16, use a GradScaler (gradients)
-           or keep the layer in float32 (activations).
+           or keep the layer in float32 (activations). Not for gradients that have fallen CONVERGED-fold
+           below their peak (a loss near zero makes every gradient tiny; nothing is left to learn there).
 Shares are estimated from a fixed strided sample of each tensor (nnstab.watch.tape.SAMPLE_SIZE values),
 every EVERY steps by default.
 """
@@ -19,6 +20,7 @@ SHARE = 0.25        # a quarter of the non-zero values degraded in the run's own
 RISK_SHARE = 0.5    # for the float16/bfloat16 notes: most of the values would vanish, not just the tail of
                     # tiny ones a saturated softmax or a sparse gradient always has
 EVERY = 10          # underflow builds up slowly; sampling every 10th step keeps its cost negligible
+CONVERGED = 1e-3    # gradients a thousand times below their peak: the loss is near zero, the layer is done
 
 
 class UnderflowCheck(Check):
@@ -29,16 +31,22 @@ class UnderflowCheck(Check):
     def __init__(self, **options):
         options.setdefault("every", EVERY)
         super().__init__(**options)
+        self._peak = {}     # layer -> largest gradient RMS seen
 
     def observe(self, view):
         out = []
         for layer, st in view.stats.items():
+            rms = st.get("grad_out_rms")
+            peak = max(self._peak.get(layer, 0.0), rms if rms is not None and rms == rms else 0.0)
+            self._peak[layer] = peak
+            # gradients that shrank with a loss near zero are a converged layer, not an AMP risk
+            converged = rms is not None and peak > 0 and rms < CONVERGED * peak
             for prefix, phase, dtype in (("act_", "forward", view.dtypes.get(layer)),
                                          ("grad_", "backward", view.grad_dtypes.get(layer))):
                 own = st.get(prefix + "dtype_underflow_frac")
                 if own is not None and own >= self.share:
                     out.append(self._own(view, layer, phase, own, dtype))
-                if not self.amp_risk:
+                if not self.amp_risk or (converged and phase == "backward"):
                     continue
                 for fmt in ("fp16", "bf16"):
                     share = st.get(f"{prefix}{fmt}_underflow_frac")
