@@ -55,9 +55,11 @@ class Report:
 
     @property
     def n_steps(self) -> int:
+        # Distinct step numbers: a log merged from several ranks holds one record per rank and step.
+        seen = len({s.get("step") for s in self.steps})
         if self.end and isinstance(self.end.get("steps"), int):
-            return max(self.end["steps"], len(self.steps))
-        return len(self.steps)
+            return max(self.end["steps"], seen)
+        return seen
 
     @property
     def worst_severity(self) -> str | None:
