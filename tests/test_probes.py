@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBES = ROOT / "probes"
 SCENARIOS = discover(PROBES)
 FINDING_KINDS = ("nonfinite", "overflow", "underflow", "vanishing_gradient", "exploding_gradient",
-                 "saturation", "dead_relu", "loss_divergence")
+                 "saturation", "dead_relu", "loss_divergence", "unstable_formula")
 FAST_SCENARIO = "healthy_cnn_numpy"       # no torch import: the quickest to start
 
 

@@ -29,7 +29,8 @@ from nnstab.watch import options
 from nnstab.watch.adapters import adapter_for
 from nnstab.watch.amp import AmpWatch, check_scaler
 from nnstab.watch.finding import Finding
-from nnstab.watch.log import LOG_NAME, SCHEMA_VERSION, JsonlLog
+from nnstab.watch.distributed import log_name, report_stem
+from nnstab.watch.log import SCHEMA_VERSION, JsonlLog
 from nnstab.watch.summary import summarize
 
 _WATCHED = weakref.WeakValueDictionary()   # id(model) -> its open Monitor
@@ -64,8 +65,11 @@ class Context:
 class Monitor:
     """Probes on a model; see `watch` for the options."""
 
-    def __init__(self, model, *, checks=None, every=None, log_dir=None, scaler=None, report=True, command=None):
+    def __init__(self, model, *, checks=None, every=None, log_dir=None, scaler=None, report=True, command=None,
+                 lint=False):
         self._checks = options.make_checks(checks)
+        self._lint = options.lint(lint, model)
+        self._linter = None
         self.log_dir = None if log_dir is None else Path(options.path("log_dir", log_dir))
         if every is None:   # a log on disk is written every step; in memory, steps are processed in batches
             every = 1 if self.log_dir is not None else EVERY_IN_MEMORY
@@ -103,10 +107,10 @@ class Monitor:
         if self.adapter.framework == "torch":
             self._amp.find()
         rank, world = options.distributed()
-        self.rank = rank
+        self.rank, self.world_size = rank, world   # ranks sharing a log_dir write their own files
         try:
             if self.log_dir is not None:
-                self._log = JsonlLog(self.log_dir / LOG_NAME)
+                self._log = JsonlLog(self.log_dir / log_name(rank, world))
             self._record({
                 "type": "header", "schema_version": SCHEMA_VERSION, "nnstab_version": options.version(),
                 "framework": self.adapter.framework, "model": type(model).__name__,
@@ -118,6 +122,10 @@ class Monitor:
         except BaseException:
             self._detach()
             raise
+        if self._lint:   # imported only when asked: the lint's torch function mode sees every torch call
+            from nnstab.lint import Linter
+
+            self._linter = Linter(model, step=self._step).start()
         self.adapter.begin(0, self._plan(0))
 
     # -- public ------------------------------------------------------------------------------------
@@ -136,6 +144,8 @@ class Monitor:
         if tape is not None:
             tape.time = time.perf_counter() - self._t0
             self._pending.append(tape)
+        if self._linter is not None:
+            self._linter.step(read=False)   # its counts stay on the device until the next flush
         self._step += 1
         self.adapter.begin(self._step, self._plan(self._step))
         if len(self._pending) >= self.every:
@@ -182,10 +192,12 @@ class Monitor:
                 tape.plan.params = False      # the optimiser step never happened
                 partial = self.adapter.end()  # what the interrupted step recorded, as far as it got
                 partial.time = time.perf_counter() - self._t0
+            lint_tail = self._linter.close() if self._linter is not None else []   # a step left open too
             self._detach()
             if partial is not None:
                 self._pending.append(partial)
             self._flush(partial_last=partial is not None)
+            self._add_lint(lint_tail)
             self._write_updates(final=True)
             self._record({"type": "end", "status": status, "error": error, "steps": self._step,
                           "time": time.perf_counter() - self._t0})
@@ -199,6 +211,7 @@ class Monitor:
         """The monitor's options as given (checks with their effective thresholds)."""
         return {"every": self.every, "log_dir": None if self.log_dir is None else str(self.log_dir),
                 "report": self.write_report, "scaler": "auto" if self._amp.auto else self._amp.scaler is not None,
+                "lint": self._lint,
                 "checks": {kind: c.options() for kind, c in self._checks.items()}}
 
     def __enter__(self):
@@ -264,6 +277,8 @@ class Monitor:
             return
         for k, tape in enumerate(tapes):
             self._process(tape, partial=partial_last and k == len(tapes) - 1)
+        if self._linter is not None:
+            self._add_lint(self._linter.read())   # the same steps' formulas: one transfer for all
         self._report_adapter_errors()
         self._write_updates()
         self._flush_log()
@@ -300,6 +315,8 @@ class Monitor:
         if self.rank is not None and f.rank is None:
             f = dataclasses.replace(f, rank=self.rank)
         key = (f.kind, f.layer, f.phase, f.severity)
+        if f.kind == "unstable_formula":   # two formulas in one layer are two findings
+            key += (f.details.get("pattern"), f.details.get("location"))
         k = self._open.get(key)
         if k is None:
             k = self._open[key] = len(self._findings)
@@ -310,6 +327,12 @@ class Monitor:
         elif step > self._last_seen[k]:       # one count per step
             self._last_seen[k] = step
             self._findings[k] = self._findings[k].folded(step)
+
+    def _add_lint(self, found):
+        """The lint's findings, one per formula and step; the monitor counts steps, so each starts at count 1
+        (the step's calls stay in details["observed"] and the message)."""
+        for f in found:
+            self._add(dataclasses.replace(f, count=1, last_step=None), f.step)
 
     def _write_updates(self, final=False):
         """finding_update records for folded findings: at counts 2, 4, 8, ... and, at close, the totals."""
@@ -350,15 +373,18 @@ class Monitor:
             return
         report = Report(self._records)
         for fmt in REPORT_FORMATS:
-            report.save(self.log_dir / f"report.{fmt}")
+            report.save(self.log_dir / f"{report_stem(self.rank, self.world_size)}.{fmt}")
 
     def _detach(self):
+        if self._linter is not None:
+            self._linter.close()   # its mode off the thread's stack (a no-op once closed)
         self.adapter.detach()
         if _WATCHED.get(id(self.model)) is self:
             del _WATCHED[id(self.model)]
 
 
-def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=True, command=None) -> Monitor:
+def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=True, command=None,
+          lint=False) -> Monitor:
     """Watch a model's training for numerical failures; returns a Monitor (also a context manager).
 
     model     a torch.nn.Module or an nnstab.nn.Module. Watching a model that an open monitor already
@@ -374,10 +400,17 @@ def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=T
               `close()` first process whatever is pending.
     log_dir   a directory: every step's statistics and findings are appended to log_dir/log.jsonl and
               flushed every step; as a context manager the monitor also writes report.md/.html/.json there.
+              Under torch.distributed with several ranks, each rank writes log.rank<r>.jsonl and
+              report.rank<r>.*, so ranks may share log_dir (merge: nnstab.watch.distributed.merge_logs).
     scaler    the torch.amp.GradScaler in use; None finds one automatically, False means none. Steps the
               scaler skips are "info", and gradient statistics are divided by the scale.
     report    write the reports into log_dir when the context manager exits (default True).
     command   the command line of the run, recorded in the log header (`nnstab run` fills it in).
+    lint      also run nnstab.lint's Linter (torch models only; a TypeError for an nnstab.nn model): the
+              hand-written unstable formulas the training calls (log(softmax(x)), log(1 + exp(x)), ...)
+              become "unstable_formula" findings, "warning" in steps whose inputs reached the formula's
+              losing range, else "info"; one per formula and source line. It installs a torch function
+              mode in the calling thread until close(), which slows every torch call; values are unchanged.
 
     Only training passes count: forward passes under torch.no_grad()/inference_mode are not measured,
     and passes that no backward went through (an evaluation with gradients on, in either mode) are
@@ -385,4 +418,4 @@ def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=T
     eval() mode by mistake is still watched.
     """
     return Monitor(model, checks=checks, every=every, log_dir=log_dir, scaler=scaler, report=report,
-                   command=command)
+                   command=command, lint=lint)

@@ -63,6 +63,17 @@ def boolean(name, value):
     return value
 
 
+def lint(value, model) -> bool:
+    """The `lint` option: True adds nnstab.lint's Linter (torch models only: it watches torch operations)."""
+    boolean("lint", value)
+    torch = sys.modules.get("torch")
+    if value and (torch is None or not isinstance(model, torch.nn.Module)):
+        raise TypeError(f"watch() option 'lint' needs a torch.nn.Module, got {type(model).__name__}; the lint "
+                        f"watches torch operations (nnstab.nn models compute in NumPy and have no torch formulas "
+                        f"to lint): drop lint=True for this model")
+    return value
+
+
 def path(name, value):
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"watch() option {name!r} must be a directory path (str or pathlib.Path), got "
