@@ -24,13 +24,13 @@ NumPy's unfused elementwise passes (ReLU masks, Adam's moments) where torch fuse
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
 
 import numpy as np
 
+from nnstab.bench import timing
 from nnstab.bench.timing import compare, text_table
 
 MLP_TARGET = 1.5
@@ -113,38 +113,14 @@ def phase_times(phases, rounds: int) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-@contextlib.contextmanager
-def threads(n: int):
-    """Run torch and NumPy's BLAS on n threads (BLAS through threadpoolctl when it is installed)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        limiter = contextlib.nullcontext()
-    else:
-        limiter = threadpool_limits(limits=n, user_api="blas")
-    try:
-        with limiter:
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def add_arguments(parser):
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME",
                         help="networks to measure: mlp, cnn (default: both)")
-    parser.add_argument("--repeat", type=int, default=15, help="interleaved pairs per comparison (default 15)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small batches and 3 pairs (checks that everything runs; the ratios mean little)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for torch and NumPy's BLAS (default 1)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    timing.add_common_arguments(parser, "small batches and 3 pairs (checks that everything runs; the ratios mean little)")
 
 
 def main(args) -> int:
-    with threads(args.threads):
+    with timing.threads(args.threads):
         return _run(args)
 
 

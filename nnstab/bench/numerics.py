@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from nnstab.bench import accuracy
+from nnstab.bench import timing
 from nnstab.bench.timing import compare, text_table
 
 SHAPES = ((4096, 1000), (64, 32000))
@@ -115,22 +116,12 @@ def _misses(backend, c) -> bool:
 def add_arguments(parser):
     parser.add_argument("--functions", nargs="+", choices=list(FUNCTIONS), default=list(FUNCTIONS), metavar="NAME",
                         help="functions to measure (default: all)")
-    parser.add_argument("--repeat", type=int, default=15, help="interleaved pairs per comparison (default 15)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small shapes and 3 pairs (checks that everything runs; the ratios mean little)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    timing.add_common_arguments(parser, "small shapes and 3 pairs (checks that everything runs; the ratios mean little)")
 
 
 def main(args) -> int:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with timing.threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args) -> int:

@@ -20,6 +20,7 @@ import json
 import sys
 import warnings
 
+from nnstab.bench import timing
 from nnstab.bench.timing import compare, text_table
 
 TARGET = 1.05
@@ -103,23 +104,13 @@ def add_arguments(parser):
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models (default: both)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="what to compare with the plain step (default: all)")
-    parser.add_argument("--repeat", type=int, default=15, help="interleaved pairs per comparison (default 15)")
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per timed sample (default 0.2)")
-    parser.add_argument("--quick", action="store_true",
-                        help="3 short pairs (checks that everything runs; the ratios mean little)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    timing.add_common_arguments(parser, "3 short pairs (checks that everything runs; the ratios mean little)")
 
 
 def main(args) -> int:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with timing.threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args) -> int:

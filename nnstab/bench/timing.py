@@ -10,6 +10,7 @@ interquartile range); a ratio below 1 means ours is faster.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
@@ -108,3 +109,35 @@ def text_table(header, rows, right_from: int = 0) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(table[0]), rule] + [line(r) for r in table[1:]])
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run torch and NumPy's BLAS on n threads (BLAS through threadpoolctl when it is installed).
+
+    Every benchmark pins both sides to the same thread count: on a shared machine, spinning
+    BLAS/OpenMP threads distort a ratio more than anything measured.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        limiter = contextlib.nullcontext()
+    else:
+        limiter = threadpool_limits(limits=n, user_api="blas")
+    try:
+        with limiter:
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def add_common_arguments(parser, quick_help: str):
+    """The options every benchmark table shares: --repeat, --quick, --threads, --json."""
+    parser.add_argument("--repeat", type=int, default=15, help="interleaved pairs per comparison (default 15)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--threads", type=int, default=1, help="threads for torch and NumPy's BLAS (default 1)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
