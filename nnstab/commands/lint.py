@@ -20,11 +20,10 @@ are reported and its exit status is passed on.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import traceback
 
+from nnstab.commands.run import print_script_traceback
 from nnstab.report._format import FAIL_LEVELS, at_or_above
 
 EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -68,7 +67,7 @@ def main(args) -> int:
             code, ended = EXIT_INTERRUPTED, "interrupted"
         except BaseException as exc:  # the script's own failure: show it, then report what was seen
             code, ended = 1, "raised"
-            _print_script_traceback(exc, args.script)
+            print_script_traceback(exc, args.script)
     findings = runner.linter.findings
     models = runner.linter.models
     sys.stdout.write(render(findings, args.script, runner.done, ended, runner.linter.errors, models))
@@ -119,12 +118,3 @@ def _write_json(path, findings, script, steps, ended):
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(to_json_line(record) + "\n")
 
-
-def _print_script_traceback(exc, script):
-    """The script's traceback without the frames of nnstab and runpy above it."""
-    target = os.path.abspath(script)
-    tb = exc.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != target:
-        tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb if tb is not None else exc.__traceback__, file=sys.stderr)
-    sys.stderr.flush()

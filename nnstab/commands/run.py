@@ -100,7 +100,7 @@ def main(args) -> int:
             say("interrupted; writing the reports of the steps so far")
         except BaseException as exc:  # the script's own failure: report it, then pass it on
             status, error, code = "exception", f"{type(exc).__name__}: {exc}", 1
-            _print_script_traceback(exc, args.script)
+            print_script_traceback(exc, args.script)
         try:
             watcher.finish(status, error)
         except Exception as exc:  # the reports of what was recorded must still be written
@@ -160,7 +160,7 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _print_script_traceback(exc, script):
+def print_script_traceback(exc, script):
     """The script's traceback as Python would print it, without the frames of nnstab and runpy above it."""
     target = os.path.abspath(script)
     tb = exc.__traceback__
