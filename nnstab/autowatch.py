@@ -4,7 +4,7 @@
           a global forward pre-hook sees it and calls nnstab.watch(model). Modules inside a watched
           model, and modules without trainable parameters (a loss module), are not roots.
   loss    the scalar that .backward() is called on (Tensor.backward / torch.autograd.backward are
-          wrapped while the script runs); kept detached and read once per step by the monitor. A loss
+          wrapped while the script runs); read (detached) once per step by the monitor. A loss
           scaled by GradScaler.scale is traced back to the unscaled one.
   step    the optimiser's step post-hook: after optimizer.step() every monitor whose model shares
           parameters with that optimiser steps. A step GradScaler skips (inf/NaN gradients) still
@@ -37,7 +37,8 @@ class ScriptWatcher:
         self._patches = []
         self._active = []             # modules whose forward is running (for "top-level")
         self._seen = weakref.WeakSet()  # modules already judged as root or not
-        self._losses = []             # detached scalars .backward() was called on since the last step
+        self._losses = []             # the scalars .backward() was called on since the last step (with their
+                                      # graph, whose saved tensors backward has freed: the replay names its nodes)
         self._scaled = []             # (weakref(scaled), unscaled) from GradScaler.scale
         self._optimizers = weakref.WeakSet()
         self._optimizer_steps = 0
@@ -145,7 +146,7 @@ class ScriptWatcher:
             if ref() is tensor:
                 tensor = unscaled
                 break
-        self._losses.append(tensor.detach())
+        self._losses.append(tensor)
         for state in self._watched.values():
             state["backward_since_step"] = True
 
@@ -178,7 +179,7 @@ class ScriptWatcher:
 
             if isinstance(outputs, torch.Tensor) and isinstance(scaled, torch.Tensor):
                 self._scaled = [(r, u) for r, u in self._scaled if r() is not None][-8:]
-                self._scaled.append((weakref.ref(scaled), outputs.detach()))
+                self._scaled.append((weakref.ref(scaled), outputs))
             return scaled
         return scale
 
@@ -226,9 +227,9 @@ class ScriptWatcher:
         if not self._losses:
             return None
         if len(self._losses) == 1:
-            return self._losses[0]
+            return self._losses[0]     # the monitor reads it detached
         # gradient accumulation: several backward calls feed one step; their mean is the step's loss
-        return sum(t.reshape(()).double() for t in self._losses) / len(self._losses)
+        return sum(t.detach().reshape(()).double() for t in self._losses) / len(self._losses)
 
     def _tell(self, state):
         """Progress on stderr: each kind's first error or warning as its record arrives (no extra read of

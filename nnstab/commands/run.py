@@ -10,6 +10,7 @@ examples:
   nnstab run train.py --epochs 3 --lr 0.1
   nnstab run --out runs/fp16 --fail-on warning train.py --half
   nnstab run --option every=10 train.py            # keyword options of nnstab.watch (KEY=VALUE)
+  nnstab run --no-replay train.py                  # do not replay the first NaN/inf to its operation
 
 Exit status: 0 healthy, 1 when findings at or above --fail-on were found, 2 usage errors (also: the
 script called no torch.nn.Module with trainable parameters); when the script itself fails, its
@@ -40,6 +41,9 @@ def add_arguments(parser) -> None:
                         help="exit 1 when a finding of this severity or worse was found (default: error)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a keyword option of nnstab.watch, e.g. every=10; repeat for several")
+    parser.add_argument("--no-replay", dest="replay", action="store_false",
+                        help="do not replay the first non-finite step to the operation that made its NaN/inf "
+                             "(replay keeps a copy of the parameters each step; see nnstab.watch's replay option)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour in the terminal summary (default: auto, on a terminal)")
     parser.add_argument("script", help="the training script, run unmodified")
@@ -72,6 +76,9 @@ def main(args) -> int:
     except ValueError as exc:
         print(f"nnstab run: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if not getattr(args, "replay", True):
+        options["replay"] = False
+    options.setdefault("replay", True)  # name the operation of the first NaN/inf (--option replay=host: host copy)
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not os.path.isdir(out):
         print(f"nnstab run: --out {args.out!r} is a file; give a folder for the reports", file=sys.stderr)

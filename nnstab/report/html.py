@@ -7,7 +7,7 @@ from nnstab.report import plots
 from nnstab.report._format import (
     MARKS_UNICODE, fmt, fmt_share, headline, layer_label, place, plural, steps_span,
 )
-from nnstab.report.markdown import FINDINGS_SHOWN, check_options, kind_result, run_options
+from nnstab.report.markdown import FINDINGS_SHOWN, check_options, kind_result, replay_parts, run_options
 from nnstab.report.schema import SCHEMA_VERSION
 
 _CSS = """
@@ -80,6 +80,9 @@ def render(report) -> str:
                     f'{_e(first.phase)}'
                     f' (value {_e(fmt(first.value))}). {_e(first.message)} '
                     f'<a href="#finding-first">See it in the findings table.</a></div>')
+        replay = replay_parts(first)
+        if replay:
+            body.append(_replay(replay))
     body += [f'<div class="note">{_e(n)}</div>' for n in report.notes]
     body += _summary(report, s)
     for key, heading, draw, caption in _FIGURES:
@@ -97,6 +100,15 @@ def render(report) -> str:
             "<link rel=\"icon\" href=\"data:,\">"  # no favicon request: the page makes no request at all
             f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
             + "\n".join(body) + "\n</main></body></html>\n")
+
+
+def _replay(p) -> str:
+    """The replay of the first non-finite step: the operation, its module, phase and source line."""
+    where = f" at <code>{_e(p['source'])}</code>" if p["source"] else ""
+    code = f"<pre><code>{_e(p['code'])}</code></pre>" if p["code"] else ""
+    inputs = f"<div class=\"meta\">inputs: {_e(p['inputs'])}</div>" if p["inputs"] else ""
+    return (f'<div class="alert" id="replay"><strong>Replayed to the operation</strong>: <code>{_e(p["op"])}</code> in '
+            f'<code>{_e(p["module"])}</code> ({_e(p["phase"])}){where}{code}{inputs}</div>')
 
 
 def _summary(report, s) -> list[str]:

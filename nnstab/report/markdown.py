@@ -35,6 +35,9 @@ def render(report) -> str:
         out += [f"> **First non-finite event**: {steps_span(first.step, None)}, "
                 f"layer `{place(first)}`, "
                 f"{first.phase} (value {fmt(first.value)}). {first.message}", ""]
+        replay = replay_text(first)
+        if replay:
+            out += [f"> **Replayed to the operation**: {replay}", ""]
     for note in report.notes:
         out += [f"*Note: {note}*", ""]
 
@@ -91,6 +94,44 @@ def render(report) -> str:
         out += ["## Checks", ""]
         out += _table(["check", "options (thresholds)"], [[kind, opts] for kind, opts in checks.items()])
     return "\n".join(out)
+
+
+def replay_parts(finding) -> dict | None:
+    """What a nonfinite finding's replay found (details["replay"]), as texts: op, module, phase, source, code,
+    inputs; None when it was not replayed or named no operation."""
+    r = (finding.details or {}).get("replay") if finding is not None else None
+    if not isinstance(r, dict) or r.get("status") != "found":
+        return None
+    if r.get("op") is None:
+        if r.get("phase") == "loss":
+            chain = " -> ".join(r.get("loss_ops") or [])
+            return {"op": "the loss code", "module": "outside the model", "phase": "loss", "source": None,
+                    "code": None, "inputs": f"autograd nodes {chain}" if chain else ""}
+        if r.get("phase") == "update":
+            who = r.get("optimizer") or "the optimiser"
+            return {"op": f"{who} step", "module": ", ".join(r.get("parameters") or []) or "parameters",
+                    "phase": "update", "source": None, "code": None, "inputs": ""}
+        return None
+    inputs = "; ".join(f"{list(i.get('shape', []))} {i.get('dtype', '')} in [{fmt(i.get('min'))}, {fmt(i.get('max'))}]"
+                       f", {i.get('zeros', 0)} zeros, {i.get('nonfinite', 0)} non-finite"
+                       for i in (r.get("inputs") or [])[:4])
+    return {"op": r["op"], "module": r.get("module") or "<model>", "phase": r.get("phase") or "",
+            "source": r.get("source"), "code": r.get("code"), "inputs": inputs}
+
+
+def replay_text(finding) -> str:
+    """One Markdown line: `op` in `module` (phase) at `file:line`: `code` (inputs)."""
+    p = replay_parts(finding)
+    if p is None:
+        return ""
+    text = f"`{p['op']}` in `{p['module']}` ({p['phase']})"
+    if p["source"]:
+        text += f" at `{p['source']}`"
+    if p["code"]:
+        text += f": `{_cell(p['code'])}`"
+    if p["inputs"]:
+        text += f" (inputs: {_cell(p['inputs'])})"
+    return text + "."
 
 
 def kind_result(k) -> tuple[str, str]:

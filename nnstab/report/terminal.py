@@ -8,6 +8,7 @@ import textwrap
 from nnstab.report._format import (
     MARKS_ASCII, MARKS_UNICODE, fmt, headline, place, plural, steps_span,
 )
+from nnstab.report.markdown import replay_parts
 
 _COLORS = {"error": "\033[1;31m", "warning": "\033[33m", "info": "\033[36m", None: "\033[32m"}
 _DIM, _BOLD, _RESET = "\033[2m", "\033[1m", "\033[0m"
@@ -62,6 +63,13 @@ def render(report, color: bool | None = None, ascii: bool | None = None) -> str:
                            f"{dot} {first.phase} {dot} value {fmt(first.value)}", "error"))
         lines.extend(textwrap.wrap(first.message, WIDTH, initial_indent="    ", subsequent_indent="    ",
                                    break_on_hyphens=False))
+        replay = replay_parts(first)
+        if replay:
+            where = f" at {replay['source']}" if replay["source"] else ""
+            lines.append(paint(f"  replayed: {replay['op']} {dot} {replay['module']} {dot} {replay['phase']}{where}",
+                               "error"))
+            if replay["code"]:
+                lines.append(f"    {replay['code']}")
     name_width = max(len(k) for k in s["by_kind"]) + 1
     unchecked = [kind for kind, k in s["by_kind"].items() if not k["checked"]]
     for kind, k in s["by_kind"].items():

@@ -66,9 +66,11 @@ class Monitor:
     """Probes on a model; see `watch` for the options."""
 
     def __init__(self, model, *, checks=None, every=None, log_dir=None, scaler=None, report=True, command=None,
-                 lint=False):
+                 lint=False, replay=False):
         self._checks = options.make_checks(checks)
         self._lint = options.lint(lint, model)
+        self._replay_mode = options.replay(replay)
+        self._replay = None
         self._linter = None
         self.log_dir = None if log_dir is None else Path(options.path("log_dir", log_dir))
         if every is None:   # a log on disk is written every step; in memory, steps are processed in batches
@@ -122,6 +124,14 @@ class Monitor:
         except BaseException:
             self._detach()
             raise
+        if self._replay_mode:   # the first non-finite step is replayed to its operation (nnstab.watch.replay)
+            from nnstab.watch import replay as replay_package
+
+            try:
+                self._replay = replay_package.make(model, self.adapter.framework, self._replay_mode)
+            except BaseException:
+                self._detach()
+                raise
         if self._lint:   # imported only when asked: the lint's torch function mode sees every torch call
             from nnstab.lint import Linter
 
@@ -146,7 +156,11 @@ class Monitor:
             self._pending.append(tape)
         if self._linter is not None:
             self._linter.step(read=False)   # its counts stay on the device until the next flush
+        if self._replay is not None and self._replay.nonfinite(tape, loss):
+            self._flush()                   # checked now, while this step's snapshot is the latest
         self._step += 1
+        if self._replay is not None:
+            self._replay.stepped(self._step)
         self.adapter.begin(self._step, self._plan(self._step))
         if len(self._pending) >= self.every:
             self._flush()
@@ -211,7 +225,7 @@ class Monitor:
         """The monitor's options as given (checks with their effective thresholds)."""
         return {"every": self.every, "log_dir": None if self.log_dir is None else str(self.log_dir),
                 "report": self.write_report, "scaler": "auto" if self._amp.auto else self._amp.scaler is not None,
-                "lint": self._lint,
+                "lint": self._lint, "replay": self._replay_mode,
                 "checks": {kind: c.options() for kind, c in self._checks.items()}}
 
     def __enter__(self):
@@ -308,6 +322,8 @@ class Monitor:
                 self._internal(kind, f"the {kind} check", exc, tape.step)
                 continue
             for f in found:
+                if self._replay is not None and kind == "nonfinite":
+                    f = self._replay.explain(f)
                 self._add(f, tape.step)
 
     def _add(self, f: Finding, step: int):
@@ -376,6 +392,8 @@ class Monitor:
             report.save(self.log_dir / f"{report_stem(self.rank, self.world_size)}.{fmt}")
 
     def _detach(self):
+        if self._replay is not None:
+            self._replay.close()
         if self._linter is not None:
             self._linter.close()   # its mode off the thread's stack (a no-op once closed)
         self.adapter.detach()
@@ -384,7 +402,7 @@ class Monitor:
 
 
 def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=True, command=None,
-          lint=False) -> Monitor:
+          lint=False, replay=False) -> Monitor:
     """Watch a model's training for numerical failures; returns a Monitor (also a context manager).
 
     model     a torch.nn.Module or an nnstab.nn.Module. Watching a model that an open monitor already
@@ -411,6 +429,13 @@ def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=T
               become "unstable_formula" findings, "warning" in steps whose inputs reached the formula's
               losing range, else "info"; one per formula and source line. It installs a torch function
               mode in the calling thread until close(), which slows every torch call; values are unchanged.
+    replay    False, True (= "device") or "host": re-run the run's first non-finite step from a snapshot
+              of the latest step (parameters, buffers, inputs by reference, RNG state; kept on the
+              parameters' device, or in host memory with "host") and name the operation that made the
+              NaN/inf: details["replay"] of that nonfinite finding (op, module, phase, source line, input
+              statistics), and a clause in its message. Costs a parameter copy per step, and on an
+              accelerator one small device-to-host read per step; the run itself is unchanged. See
+              nnstab/watch/replay/__init__.py. `nnstab run` turns it on (--no-replay turns it off).
 
     Only training passes count: forward passes under torch.no_grad()/inference_mode are not measured,
     and passes that no backward went through (an evaluation with gradients on, in either mode) are
@@ -418,4 +443,4 @@ def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=T
     eval() mode by mistake is still watched.
     """
     return Monitor(model, checks=checks, every=every, log_dir=log_dir, scaler=scaler, report=report,
-                   command=command, lint=lint)
+                   command=command, lint=lint, replay=replay)

@@ -74,6 +74,22 @@ def lint(value, model) -> bool:
     return value
 
 
+REPLAY_MODES = ("device", "host")
+
+
+def replay(value):
+    """The `replay` option -> False, "device" or "host" (True means "device": the snapshot stays where the
+    parameters live)."""
+    if value is False or value is None:
+        return False
+    if value is True:
+        return "device"
+    if isinstance(value, str) and value in REPLAY_MODES:
+        return value
+    raise ValueError(f"watch() option 'replay' must be False, True, \"device\" or \"host\", got {value!r}; "
+                     f"True keeps the step's snapshot on the parameters' device, \"host\" in host memory")
+
+
 def path(name, value):
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"watch() option {name!r} must be a directory path (str or pathlib.Path), got "
