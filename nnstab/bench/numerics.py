@@ -13,6 +13,8 @@ nnstab.bench.timing.compare: interleaved pairs, median and spread of the per-pai
 nnstab / peer (< 1: nnstab is faster). Targets (never asserted; "!" marks a miss): NumPy median
 <= 1.0 and worst <= 1.5; torch median <= 1.5. torch runs on --threads intra-op threads (default 1,
 as NumPy and scipy use one core; spinning OpenMP threads on a busy machine distort small shapes).
+The first call of a function compiles its fused numba loops (or loads them from numba's on-disk
+cache); the warm-up call of each comparison's calibration absorbs that, so it is not in the ratios.
 """
 from __future__ import annotations
 

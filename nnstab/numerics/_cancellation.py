@@ -19,6 +19,7 @@ from nnstab.numerics import _exact
 LOG_SUM_ERROR_UNITS = 3.0
 # The same bound for narrow inputs, which skip TwoSum: d_i rounds in float64 (relative 2**-53), so
 # exp(d_i) errs by up to |d_i| units, and only terms with |d_i| < 745 are not 0: 1024 with margin.
+# The NumPy kernels add n units for a row of n (their SIMD sum, `_fused.sum_without_one_max`).
 LOG_SUM_ERROR_UNITS_NARROW = 1024.0
 
 _PRECISION_BITS = {"float16": 11, "bfloat16": 8, "float32": 24, "float64": 53}
@@ -46,7 +47,8 @@ def lse_from_parts(x2, m, log_sum, dtype):
     """m + log1p(s) per row, with the rows where it cancels recomputed in higher precision (float64 result)."""
     with np.errstate(invalid="ignore"):  # inf + -inf cannot occur, but NaN rows compare quietly
         r = m + log_sum
-        limit = cancellation_limit(dtype, 53, LOG_SUM_ERROR_UNITS if dtype == np.float64 else LOG_SUM_ERROR_UNITS_NARROW)
+        units = LOG_SUM_ERROR_UNITS if dtype == np.float64 else LOG_SUM_ERROR_UNITS_NARROW + x2.shape[-1]
+        limit = cancellation_limit(dtype, 53, units)
         cancels = (m < 0) & (log_sum / limit > np.abs(r))
     rows = np.flatnonzero(cancels)
     if rows.size:

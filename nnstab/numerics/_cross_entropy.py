@@ -109,6 +109,27 @@ def fix_overflow(ce, x2, target):
 
 # ---------------------------------------------------------------- reduction and gradient
 
+def _hard_ce_grad_np(x2, target, g, reduction, ignore_index, ce_rows, out_dtype):
+    """w (softmax - onehot(t)) for class indices, straight into out_dtype: the softmax kernel scales each row
+    by its weight w before the one rounding, and the target entries are w expm1(-loss) (p_t - 1)."""
+    n_rows = x2.shape[0]
+    t, valid = flat_targets(target, ignore_index)
+    w = row_weights(g, reduction, n_rows, valid)
+    out = np.empty(x2.shape, dtype=out_dtype)
+    m, log_sum = kernel_np(x2, "softmax", out, row_scale=w)
+    rows = np.arange(n_rows)
+    if ce_rows is None:
+        ce_rows = ce_from_parts(x2[rows, t], m, log_sum, x2.dtype == np.float64)
+    with np.errstate(invalid="ignore"):
+        at_t = np.expm1(-ce_rows)  # p_t - 1 without cancellation
+    limit = np.flatnonzero(np.isinf(m))
+    if limit.size:  # rows with an infinite max: p_t from the limit conventions
+        p_t = limit_rows(np.asarray(x2[limit], dtype=np.float64), "softmax")[np.arange(limit.size), t[limit]]
+        at_t[limit] = p_t - 1.0
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN rows; beyond a narrow range: inf
+        out[rows, t] = at_t * w
+    return out
+
 def reduce_rows(rows, reduction, valid, halves=None):
     """Reduce float64 per-row losses; `valid` (None: all rows) masks ignored rows out of the mean.
 
@@ -131,9 +152,12 @@ def ce_grad_np(logits, target, g, axis, reduction, hard, ignore_index, ce_rows=N
     """
     x2, moved = as_rows_np(logits, axis)
     n_rows = x2.shape[0]
+    out_dtype = logits.dtype if out_dtype is None else out_dtype
+    if hard and x2.shape[1]:
+        dx = _hard_ce_grad_np(x2, target, g, reduction, ignore_index, ce_rows, out_dtype)
+        return finish_np(np.moveaxis(dx.reshape(moved), -1, axis), out_dtype)
     p = np.empty(x2.shape)
     m, log_sum = kernel_np(x2, "softmax", p)
-    out_dtype = logits.dtype if out_dtype is None else out_dtype
     if x2.shape[1] == 0:  # no classes (no rows, or only ignored ones): an empty gradient
         return finish_np(np.moveaxis(p.reshape(moved), -1, axis), out_dtype)
     if hard:

@@ -74,7 +74,7 @@ def ce_grad_tensor(logits, target, g, dim, reduction, hard, ignore_index, ce_row
     if on_numpy(logits) and not torch.is_grad_enabled():
         rows = None if ce_rows is None else ce_rows.numpy()
         dx = ce_grad_np(numpy_view(logits), _numpy_target(target), numpy_view(g), dim, reduction, hard,
-                        ignore_index, rows, np.float64)
+                        ignore_index, rows, np.float64 if logits.dtype == torch.bfloat16 else None)
         return from_numpy(dx, logits.dtype)
     return _ce_grad_torch(logits, target, g, dim, reduction, hard, ignore_index, ce_rows)
 

@@ -50,7 +50,7 @@ def parts_torch(x, dim):
 
 
 def _two_diff_torch(x, shift, hi):
-    """lo = (x - shift) - hi exactly (TwoSum); -1 where hi is infinite (see `_softmax_kernels._two_diff_into`)."""
+    """lo = (x - shift) - hi exactly (TwoSum); -1 where hi is infinite (see `_fused.two_diff_rows`)."""
     b = hi - x
     lo = (x - (hi - b)).add_(-shift - b)
     return lo.nan_to_num_(nan=-1.0)

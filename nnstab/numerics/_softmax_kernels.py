@@ -6,6 +6,9 @@ the formulas and the reasons for them are in nnstab.numerics.logsumexp. A 2-D ar
 (`kernel_np`, `rows_backward_np`). float64 rows take the exact difference x - m = hi + lo
 (`_block_wide`); narrower rows have the spare bits to skip it (`_block_narrow`). Rows with an
 infinite max get the limit conventions afterwards (`limit_rows`, which the torch path uses too).
+NumPy does the exp, max and argmax passes (SIMD); the passes between them (casts, TwoSum,
+sums, scalings) are fused loops of nnstab.numerics._fused, and float32 backward rows are one
+fused loop each.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ import numpy as np
 
 from nnstab import _backend
 from nnstab.numerics._cancellation import lse_from_parts
+from nnstab.numerics._lazy import lazy_module
+
+_fused = lazy_module("nnstab.numerics._fused")  # numba is imported with the first fused loop
 
 # Elements per NumPy block: three float64 scratch blocks (512 KiB each) stay in a core's L2 cache (2 MiB),
 # so the dozen passes over a block cost cache bandwidth, not memory bandwidth.
@@ -50,15 +56,19 @@ def logsumexp_np(x, axis, keepdims, out_dtype=None):
         return _backend.from_working(r, x.dtype if out_dtype is None else out_dtype)
 
 
-def rows_np(x, axis, mode, out_dtype=None):
+def rows_np(x, axis, mode, out_dtype=None, row_scale=None):
     x2, moved_shape = as_rows_np(x, axis)
     out = np.empty(x2.shape, dtype=x.dtype if out_dtype is None else out_dtype)
-    kernel_np(x2, mode, out)
+    with np.errstate(over="ignore", invalid="ignore"):  # scaled beyond a narrow range: inf; NaN weights
+        kernel_np(x2, mode, out, row_scale)
     return np.moveaxis(out.reshape(moved_shape), -1, axis)
 
 
-def kernel_np(x2, mode, out=None):
+def kernel_np(x2, mode, out=None, row_scale=None):
     """Per row of a 2-D array: m and log1p(s); with mode "softmax"/"log_softmax" also that row result in out.
+
+    row_scale (float64, one per row; mode "softmax" only) multiplies each row of the softmax before
+    its one rounding into out (a loss gradient's weight).
 
     Works block by block of rows in float64 scratch. Rows with an infinite max get the limit
     conventions afterwards (`limit_rows`). A NaN row has the NaN as its max (argmax finds it), so
@@ -80,7 +90,8 @@ def kernel_np(x2, mode, out=None):
         bufs = [b[: stop - start] for b in scratch]
         block_out = None if out is None else out[start:stop]
         block = _block_wide if wide else _block_narrow
-        m, log_sum = block(x2[start:stop], bufs, mode, block_out)
+        block_scale = None if row_scale is None else row_scale[start:stop]
+        m, log_sum = block(x2[start:stop], bufs, mode, block_out, block_scale)
         m_all[start:stop], log_sum_all[start:stop] = m, log_sum
         if not np.isfinite(m).all():
             infinite_rows.extend(start + np.flatnonzero(np.isinf(m)))
@@ -88,7 +99,8 @@ def kernel_np(x2, mode, out=None):
         rows = np.asarray(infinite_rows)
         log_sum_all[rows] = 0.0
         if out is not None:
-            out[rows] = limit_rows(np.asarray(x2[rows], dtype=np.float64), mode)
+            limit = limit_rows(np.asarray(x2[rows], dtype=np.float64), mode)
+            out[rows] = limit if row_scale is None else limit * row_scale[rows, None]
     return m_all, log_sum_all
 
 
@@ -102,77 +114,75 @@ def _top_and_max(w):
     return top, m, shift[:, None]
 
 
-def _block_narrow(xb, bufs, mode, out):
-    """float16/float32 rows: float64 is wide enough for x - m, no TwoSum needed."""
+def _block_narrow(xb, bufs, mode, out, row_scale=None):
+    """float16/float32 rows: float64 is wide enough for x - m, no TwoSum needed.
+
+    The max term is left out of s by summing the entries of exp(x - m) below 1 and counting the
+    others (`_fused.sum_without_one_max`), so no argmax pass is needed.
+    """
     w, e = bufs
-    rows = np.arange(w.shape[0])
-    np.copyto(w, xb)
-    top, m, shift = _top_and_max(w)
-    infinite = np.isinf(m)
-    if infinite.any():
-        w[infinite] = -np.inf  # silent placeholder rows; `limit_rows` fills them in
+    m = xb.max(axis=1).astype(np.float64)  # a NaN row has NaN as its max: its shifted terms, and results, are NaN
+    finite = np.isfinite(m).all()
+    shift = m if finite else np.where(np.isinf(m), 0.0, m)  # shifting by an infinite max would make NaN
+    _minus_rows(xb, shift, w)  # exact: float64 holds any difference of two float16/float32 values
+    if not finite:
+        w[np.isinf(m)] = -np.inf  # silent placeholder rows; `limit_rows` fills them in
+    s = np.empty(w.shape[0])
     if mode == "softmax":
-        w -= shift
         np.exp(w, out=w)
-        top_term = w[rows, top]  # exp(0) = 1, or NaN in a NaN row (whose max is the NaN)
-        w[rows, top] = 0.0
-        s = w.sum(axis=1)
-        w[rows, top] = top_term
-        w *= (1.0 / (1.0 + s))[:, None]  # two roundings in float64: far below a narrow ULP
-        np.copyto(out, w)
-        return m, np.log1p(s)
-    w -= shift
-    np.exp(w, out=e)
-    e[rows, top] = 0.0
-    log_sum = np.log1p(e.sum(axis=1))
-    if mode == "log_softmax":
-        w -= log_sum[:, None]
-        with np.errstate(over="ignore"):  # below the dtype's range: -inf, the correctly rounded value
-            np.copyto(out, w)
+        _fused.sum_without_one_max(w, s)
+        with np.errstate(divide="ignore", invalid="ignore"):  # placeholder rows (s = -1) are replaced later
+            _times_rows(w, (1.0 if row_scale is None else row_scale) / (1.0 + s), out)  # float64: far below a narrow ULP
+            return m, np.log1p(s)
+    np.exp(w, out=w if mode is None else e)  # log_softmax still needs the differences in w
+    _fused.sum_without_one_max(w if mode is None else e, s)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # placeholder rows; below the range: -inf
+        log_sum = np.log1p(s)
+        if mode == "log_softmax":
+            _minus_rows(w, log_sum, out)
     return m, log_sum
 
 
-def _block_wide(xb, bufs, mode, out):
+def _minus_rows(x, c, out):
+    """out = x - c[row], in one fused pass where numba has the dtypes (not float16)."""
+    if x.dtype == np.float16 or out.dtype == np.float16:
+        np.subtract(x, c[:, None], out=out, dtype=np.float64)
+    else:
+        _fused.minus_rows(x, c, out)
+
+
+def _times_rows(x, c, out):
+    """out = x * c[row], in one fused pass where numba has the dtypes (not float16)."""
+    if out.dtype == np.float16:
+        np.multiply(x, c[:, None], out=out)
+    else:
+        _fused.times_rows(x, c, out)
+
+
+def _block_wide(xb, bufs, mode, out, row_scale=None):
     """float64 rows: d = x - m split exactly as hi + lo (TwoSum), terms exp(hi) * (1 + lo)."""
     hi, lo, e = bufs
     rows = np.arange(hi.shape[0])
     top, m, shift = _top_and_max(xb)
-    _two_diff_into(xb, shift, hi, lo, e)
+    _fused.two_diff_rows(xb, np.ascontiguousarray(shift[:, 0]), hi, lo)
     infinite = np.isinf(m)
     if infinite.any():
         hi[infinite], lo[infinite] = -np.inf, 0.0  # silent placeholder rows; `limit_rows` fills them in
     np.exp(hi, out=e)
-    if mode == "log_softmax":
-        e[rows, top] = 0.0
-        log_sum = np.log1p(e.sum(axis=1) + np.einsum("ij,ij->i", e, lo))  # sum of exp(hi) (1 + lo)
-        np.subtract(hi, log_sum[:, None], out=out)
-        out += lo
-        return m, log_sum
-    np.multiply(e, lo, out=lo)
-    e += lo
+    _fused.times_one_plus(e, lo)
     top_term = e[rows, top]  # exp(0) = 1, or NaN in a NaN row (whose max is the NaN)
     e[rows, top] = 0.0
-    s = e.sum(axis=1)
-    if mode == "softmax":
+    s = e.sum(axis=1)  # pairwise: the float64 results need its few-ULP accuracy
+    log_sum = np.log1p(s)
+    if mode == "log_softmax":
+        _fused.minus_log_sum_plus_lo(hi, lo, log_sum, out)
+    elif mode == "softmax":
         e[rows, top] = top_term
-        np.divide(e, (1.0 + s)[:, None], out=out)
-    return m, np.log1p(s)
-
-
-def _two_diff_into(x, shift, hi, lo, scratch):
-    """hi = fl(x - shift) and lo = (x - shift) - hi exactly (TwoSum), into preallocated float64 blocks.
-
-    Where hi is infinite (a -inf entry, or a difference beyond the float64 range) lo is -1:
-    exp(hi) is 0 there, and exp(hi) * (1 + lo) stays 0 instead of 0 * NaN.
-    """
-    with np.errstate(invalid="ignore", over="ignore"):  # -inf - (-inf) inside TwoSum; x - m beyond range
-        np.subtract(x, shift, out=hi)
-        np.subtract(hi, x, out=scratch)  # b' = hi - x ~ -shift
-        np.subtract(hi, scratch, out=lo)  # a' = hi - b'
-        np.subtract(x, lo, out=lo)  # x - a'
-        np.subtract(-shift, scratch, out=scratch)  # -shift - b'
-        lo += scratch
-    np.fmax(lo, -1.0, out=lo)  # NaN (infinite hi) -> -1; a finite lo is tiny
+        if row_scale is None:
+            np.divide(e, (1.0 + s)[:, None], out=out)
+        else:
+            np.multiply(e, (row_scale / (1.0 + s))[:, None], out=out)
+    return m, log_sum
 
 
 def limit_rows(rows, mode):
@@ -196,7 +206,9 @@ def rows_backward_np(block_fn, y, g, axis):
     g2, _ = as_rows_np(g, axis)
     out = np.empty(y2.shape, dtype=y.dtype)
     n_rows, n = y2.shape
-    if n and n_rows:
+    if n and n_rows and y2.dtype == np.float32 and g2.dtype == np.float32:
+        _rows_backward_float32(block_fn, y2, g2, out)
+    elif n and n_rows:
         per_block = max(1, min(n_rows, BLOCK // n))
         scratch = [np.empty((per_block, n)) for _ in range(3)]
         for start in range(0, n_rows, per_block):
@@ -208,6 +220,21 @@ def rows_backward_np(block_fn, y, g, axis):
                 block_fn(a, b, c)
                 np.copyto(out[start:stop], b)  # beyond a narrow dtype's range: inf, correctly rounded
     return np.moveaxis(out.reshape(moved_shape), -1, axis)
+
+
+def _rows_backward_float32(block_fn, y2, g2, out):
+    """float32 rows: the fused loops of nnstab.numerics._fused (float64 math, SIMD sums, one rounding)."""
+    tops = y2.argmax(axis=1)
+    if block_fn is softmax_backward_block:
+        _fused.softmax_backward_rows(y2, g2, tops, out)
+        return
+    per_block = max(1, min(y2.shape[0], BLOCK // y2.shape[1]))
+    exp_y = np.empty((per_block, y2.shape[1]))
+    for start in range(0, y2.shape[0], per_block):
+        stop = min(start + per_block, y2.shape[0])
+        e = exp_y[: stop - start]
+        np.exp(y2[start:stop], out=e, dtype=np.float64)
+        _fused.log_softmax_backward_rows(y2[start:stop], g2[start:stop], tops[start:stop], e, out[start:stop], -LN2)
 
 
 def softmax_backward_block(y, g, gy):

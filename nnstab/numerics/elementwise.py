@@ -11,7 +11,8 @@ Per element, for a target t in [0, 1]:
     d mse / dp         = 2 (p - t)
 
 Values are computed in float64, reduced ("none", "mean", "sum") in float64, and rounded once to the
-dtype of the first argument. Gradients take grad_output of the loss's shape ("none") or a scalar
+dtype of the first argument. NumPy arrays, and CPU tensors through zero-copy views (not bfloat16),
+run blocked NumPy kernels with fused loops (nnstab.numerics._fused); other devices use torch ops. Gradients take grad_output of the loss's shape ("none") or a scalar
 ("mean", "sum") and return an array like the first argument.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from nnstab import _backend
 from nnstab.numerics import validate
+from nnstab.numerics._lazy import lazy_module
 from nnstab.numerics.reduce import reduce_loss
 from nnstab.numerics.sigmoid import (
     RECOMPUTE_BELOW,
@@ -33,7 +35,10 @@ from nnstab.numerics.sigmoid import (
     sum_blocks,
 )
 from nnstab.numerics.sigmoid import _functions as _sigmoid_functions
-from nnstab.numerics.sigmoid import _sigmoid_minus_block, _sigmoid_minus_exact, _sigmoid_minus_torch
+from nnstab.numerics.sigmoid import _sigmoid_minus_block, _sigmoid_minus_exact, _sigmoid_minus_torch, _tensor, _view, \
+    on_numpy_kernels
+
+_fused = lazy_module("nnstab.numerics._fused")  # numba is imported with the first fused loop
 
 # A float64 sum of losses (all >= 0) that overflows while their mean would not is redone on values
 # scaled by this power of two (exact), which keeps sums of up to 2**64 maximal values in range.
@@ -58,9 +63,7 @@ def binary_cross_entropy(probs, target, reduction="mean"):
     at_ends = p_lo == 0 or p_hi == 1  # where 0 log 0 (and 0/0 in the derivative) can arise
     if _backend.is_tensor(p):
         return _functions().BCE.apply(p, t, reduction, at_ends)
-    kernel = functools.partial(_bce_block, at_ends=at_ends)
-    with np.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf is the exact value there
-        return _loss_np(kernel, p, t, reduction, n_scratch=3)
+    return _bce_np(p, t, reduction, at_ends)
 
 
 def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
@@ -76,14 +79,7 @@ def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
     _check_probabilities(t, "target")
     if _backend.is_tensor(x):
         return _functions().BCEWithLogits.apply(x, t, reduction, None)
-    with np.errstate(invalid="ignore"):  # 0 * inf at infinite logits is redone below
-        loss = _loss_np(_bce_logits_block, x, t, reduction, n_scratch=2)
-    if np.isnan(loss).any():  # NaN inputs, or infinite logits (0 * inf in the products): redo those
-        with np.errstate(invalid="ignore"):
-            values = _at_infinite_logits(x, t, map_blocks(_bce_logits_block, (x, t), np.float64, n_scratch=2))
-        with np.errstate(over="ignore"):  # beyond the dtype's range: inf
-            loss = _scalar_if_0d(_backend.from_working(reduce_loss(values, reduction), x.dtype))
-    return loss
+    return _bce_logits_np(x, t, reduction)
 
 
 def mse(pred, target, reduction="mean"):
@@ -97,8 +93,7 @@ def mse(pred, target, reduction="mean"):
     p, t = _check_pair(pred, target, ("pred", "target"))
     if _backend.is_tensor(p):
         return _functions().MSE.apply(p, t, reduction, None)
-    with np.errstate(over="ignore", invalid="ignore"):  # a square beyond float64 is inf exactly; inf - inf is NaN
-        return _loss_np(_mse_block, p, t, reduction, n_scratch=1, sum_kernel=_mse_sum_block)
+    return _mse_np(p, t, reduction)
 
 
 def binary_cross_entropy_backward(probs, target, grad_output, reduction="mean"):
@@ -115,9 +110,7 @@ def binary_cross_entropy_backward(probs, target, grad_output, reduction="mean"):
     w = _grad_weight(p, grad_output, reduction)
     if _backend.is_tensor(p):
         return _bce_grad_torch(p, t, w, p_lo == 0 or p_hi == 1).to(p.dtype)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # 1/0 = inf is exact at p = 0, 1
-        dp = map_blocks(_bce_grad_block, (p, t, w), p.dtype, n_scratch=2)
-    return _scalar_if_0d(dp)
+    return _scalar_if_0d(_bce_grad_np(p, t, w))
 
 
 def binary_cross_entropy_with_logits_backward(logits, target, grad_output, reduction="mean"):
@@ -134,14 +127,7 @@ def binary_cross_entropy_with_logits_backward(logits, target, grad_output, reduc
     w = _grad_weight(x, grad_output, reduction)
     if _backend.is_tensor(x):
         return _bce_logits_grad_torch(x, t, w)
-    close = np.empty(x.shape, dtype=bool)  # filled blockwise: where the float64 difference cancels
-    kernel = functools.partial(_sigmoid_minus_block, ratio=RECOMPUTE_BELOW[x.dtype.name])
-    with np.errstate(invalid="ignore", over="ignore"):  # NaN inputs; w r beyond a narrow dtype is inf
-        dx = map_blocks(kernel, (x, t, w, close), x.dtype, n_scratch=2)
-    if close.any():
-        exact = _sigmoid_minus_exact(x[close], t[close], x.dtype.name)
-        dx[close] = exact * (w[close] if np.ndim(w) else w)
-    return _scalar_if_0d(dx)
+    return _scalar_if_0d(_bce_logits_grad_np(x, t, w))
 
 
 def mse_backward(pred, target, grad_output, reduction="mean"):
@@ -151,8 +137,7 @@ def mse_backward(pred, target, grad_output, reduction="mean"):
     w = _grad_weight(p, grad_output, reduction)
     if _backend.is_tensor(p):
         return _mse_grad_torch(p, t, w).to(p.dtype)
-    with np.errstate(over="ignore", invalid="ignore"):  # a derivative beyond the dtype's range rounds to inf
-        return _scalar_if_0d(map_blocks(_mse_grad_block, (p, t, w), p.dtype, n_scratch=1))
+    return _scalar_if_0d(_mse_grad_np(p, t, w))
 
 
 # ---------------------------------------------------------------- arguments
@@ -220,6 +205,49 @@ def _grad_weight(x, grad_output, reduction):
 
 # ---------------------------------------------------------------- NumPy
 
+def _bce_np(p, t, reduction, at_ends):
+    kernel = functools.partial(_bce_block, at_ends=at_ends)
+    with np.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf is the exact value there
+        return _loss_np(kernel, p, t, reduction, n_scratch=3)
+
+
+def _bce_logits_np(x, t, reduction):
+    with np.errstate(invalid="ignore"):  # 0 * inf at infinite logits is redone below
+        loss = _loss_np(_bce_logits_block, x, t, reduction, n_scratch=2)
+    if np.isnan(loss).any():  # NaN inputs, or infinite logits (0 * inf in the products): redo those
+        with np.errstate(invalid="ignore"):
+            values = _at_infinite_logits(x, t, map_blocks(_bce_logits_block, (x, t), np.float64, n_scratch=2))
+        with np.errstate(over="ignore"):  # beyond the dtype's range: inf
+            loss = _scalar_if_0d(_backend.from_working(reduce_loss(values, reduction), x.dtype))
+    return loss
+
+
+def _mse_np(p, t, reduction):
+    with np.errstate(over="ignore", invalid="ignore"):  # a square beyond float64 is inf exactly; inf - inf is NaN
+        return _loss_np(_mse_block, p, t, reduction, n_scratch=1, sum_kernel=_mse_sum_block)
+
+
+def _bce_grad_np(p, t, w):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # 1/0 = inf is exact at p = 0, 1
+        return map_blocks(_bce_grad_block, (p, t, w), p.dtype, n_scratch=2)
+
+
+def _bce_logits_grad_np(x, t, w):
+    close = np.empty(x.shape, dtype=bool)  # filled blockwise: where the float64 difference cancels
+    kernel = functools.partial(_sigmoid_minus_block, ratio=RECOMPUTE_BELOW[x.dtype.name])
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN inputs; w r beyond a narrow dtype is inf
+        dx = map_blocks(kernel, (x, t, w, close), x.dtype, n_scratch=2)
+    if close.any():
+        exact = _sigmoid_minus_exact(x[close], t[close], x.dtype.name)
+        dx[close] = exact * (w[close] if np.ndim(w) else w)
+    return dx
+
+
+def _mse_grad_np(p, t, w):
+    with np.errstate(over="ignore", invalid="ignore"):  # a derivative beyond the dtype's range rounds to inf
+        return map_blocks(_mse_grad_block, (p, t, w), p.dtype, n_scratch=1)
+
+
 def _loss_np(kernel, a, b, reduction, n_scratch, sum_kernel=None):
     """The reduced loss: blockwise pairwise float64 sums (as reduce_loss does), rounded once.
 
@@ -282,6 +310,12 @@ def _where(condition, a, b):
 
 
 def _bce_logits_block(out, x, t, a, b):
+    if _fused.has_dtypes(out, x, t):
+        _fused.neg_abs(x, a)
+        np.exp(a, out=a)  # exp(-|x|) <= 1
+        np.log1p(a, out=a)
+        _fused.bce_logits_values(x, t, a, out)
+        return
     np.maximum(x, 0.0, out=b, dtype=np.float64)
     np.subtract(1.0, t, out=a, dtype=np.float64)
     b *= a  # max(x, 0) (1 - t) >= 0
@@ -301,8 +335,14 @@ def _mse_block(out, p, t, d):
 
 
 def _mse_sum_block(values, p, t, d, scale=1.0):
-    """The block's sum of squares; narrow inputs sum with einsum (about 2**-40 relative error for a
-    block, far below their ULP, in one pass instead of two), float64 ones square and sum pairwise."""
+    """The block's sum of squares; float32 inputs in one fused pass (float64 differences and squares,
+    a SIMD sum whose error, below 2**-37 for a block, is far below their ULP), float64 ones square
+    and sum pairwise."""
+    if p.dtype == np.float32 and scale == 1.0 and _fused.has_dtypes(t):
+        return _fused.sum_sq_diff(p, t)
+    if p.dtype == t.dtype == np.float64 and scale == 1.0:
+        _fused.sq_diff_into(p, t, values)  # summed pairwise by the caller
+        return None
     np.copyto(d, p)
     d -= t
     if scale != 1.0:
@@ -314,6 +354,10 @@ def _mse_sum_block(values, p, t, d, scale=1.0):
 
 
 def _bce_grad_block(out, p, t, w, a, b):
+    if _fused.has_dtypes(out, p, t, np.asarray(w)):
+        if _fused.bce_grad(p, t, np.ravel(w), out, a, b):  # rare: the ends, or a quotient beyond float64
+            _bce_grad_fix(out, p, t, w, a, b)
+        return
     np.subtract(p, t, out=a, dtype=np.float64)
     np.subtract(1.0, p, out=b, dtype=np.float64)
     b *= p
@@ -334,6 +378,9 @@ def _bce_grad_fix(out, p, t, w, quotient, b):
 
 
 def _mse_grad_block(out, p, t, w, d):
+    if _fused.has_dtypes(out, p, t, np.asarray(w)) and not (
+            _fused.mse_grad(p, t, np.ravel(w), out) and p.dtype == np.float64):
+        return
     np.subtract(p, t, out=d, dtype=np.float64)
     d *= 2.0
     np.multiply(d, w, out=out, dtype=np.float64)
@@ -449,27 +496,38 @@ def _functions():
     """The autograd Functions, built on first use (a tensor exists, so torch is imported already)."""
     import torch
 
-    def loss_function(values_fn, grad_fns):
+    def loss_function(values_fn, grad_fns, values_np, grad_np):
+        """values_np(a, b, reduction, flags) and grad_np(a, b, w) (NumPy) serve CPU tensors (`on_numpy_kernels`)."""
         class Loss(torch.autograd.Function):
             @staticmethod
             def forward(ctx, a, b, reduction, flags):
                 ctx.save_for_backward(a, b)
                 ctx.reduction, ctx.flags = reduction, flags
+                if on_numpy_kernels(a, b):
+                    return _tensor(values_np(_view(a), _view(b), reduction, flags))
                 return _reduced(values_fn, a, b, reduction)
 
             @staticmethod
             def backward(ctx, grad_output):
                 a, b = ctx.saved_tensors
                 w = _grad_weight(a, grad_output, ctx.reduction)
-                da = grad_fns[0](a, b, w, ctx.flags).to(a.dtype) if ctx.needs_input_grad[0] else None
-                db = grad_fns[1](a, b, w, ctx.flags).to(b.dtype) if ctx.needs_input_grad[1] else None
+                da = db = None
+                if ctx.needs_input_grad[0] and on_numpy_kernels(a, b, w) and not torch.is_grad_enabled():
+                    da = _tensor(grad_np(_view(a), _view(b), _view(w)))
+                elif ctx.needs_input_grad[0]:
+                    da = grad_fns[0](a, b, w, ctx.flags).to(a.dtype)
+                if ctx.needs_input_grad[1]:
+                    db = grad_fns[1](a, b, w, ctx.flags).to(b.dtype)
                 return da, db, None, None
         return Loss
 
     return types.SimpleNamespace(
-        BCE=loss_function(_bce_torch, (_bce_grad_torch, lambda p, t, w, _: _bce_target_grad_torch(p, w))),
+        BCE=loss_function(_bce_torch, (_bce_grad_torch, lambda p, t, w, _: _bce_target_grad_torch(p, w)),
+                          _bce_np, _bce_grad_np),
         BCEWithLogits=loss_function(_bce_logits_torch, (lambda x, t, w, _: _bce_logits_grad_torch(x, t, w),
-                                                        lambda x, t, w, _: -_backend.to_working(x) * w)),
+                                                        lambda x, t, w, _: -_backend.to_working(x) * w),
+                                    lambda x, t, reduction, _: _bce_logits_np(x, t, reduction), _bce_logits_grad_np),
         MSE=loss_function(_mse_torch, (lambda p, t, w, _: _mse_grad_torch(p, t, w),
-                                       lambda p, t, w, _: -_mse_grad_torch(p, t, w))),
+                                       lambda p, t, w, _: -_mse_grad_torch(p, t, w)),
+                          lambda p, t, reduction, _: _mse_np(p, t, reduction), _mse_grad_np),
     )

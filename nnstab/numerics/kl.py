@@ -19,18 +19,24 @@ from nnstab.numerics._loss_rows import check_grad_output, finish_np, row_weights
 from nnstab.numerics._softmax_kernels import BLOCK
 from nnstab.numerics.logsumexp import from_numpy, numpy_view, on_numpy
 from nnstab.numerics.reduce import reduce_loss
+from nnstab.numerics._lazy import lazy_module
 
-# KL terms p log(p/q) - (p - q) with |u| <= 1/3, u = (p - q)/(p + q) (p/q in [1/2, 2]), use the series
-# u (p - q) + 2 p u^3 sum_k u^(2k)/(2k + 3): 18 terms reach 2**-56 at u^2 = 1/9.
-KL_SERIES_MAX_U = 1.0 / 3.0
-KL_SERIES_TERMS = 18
-# Beyond it, p log(p/q) cancels against (p - q) by up to ~3.6x: log(p/q) is taken in double-double
-# (`_exact.log_ratio_dd`) for ratios within 2**+-60 of entries above 2**-900; outside, log p - log q
-# is exact enough (cancellation < 1.1x).
-KL_DD_MAX_LOG2_RATIO = 60.0
-KL_DD_MIN_ENTRY = 2.0 ** -900
+_fused_kl = lazy_module("nnstab.numerics._fused_kl")  # numba is imported with the first fused loop
+
+# The series and double-double ranges of the KL terms (KL_SERIES_*, KL_DD_*) are constants of the
+# fused loops, nnstab.numerics._fused_kl (numba caches compiled code with the values of its own module only).
+
 # Relative error of a row's sum of terms (units of 2**-53): about two roundings per term.
 KL_TERM_ERROR_UNITS = 2.0
+# Narrow inputs first try the plain terms p log(p/q) in float64. Their error, in units of 2**-53 |term|:
+# the product rounds once and NumPy's log errs by up to 4 ULP of float64 (2 in practice), 8 in all with margin.
+KL_PLAIN_LOG_ERROR_UNITS = 8.0
+# The gradient's log(p/q) + 1 from the plain float64 log errs by about 3 2**-53 absolute; where it is at least
+# 2**-20 that is below 2**-31 relative, far inside a float32 ULP; closer to 0 it is redone in double-double.
+KL_GRAD_PLAIN_MIN = 2.0 ** -20
+# A plain row is kept when its error bound is below 2**-27 of its value: a quarter of a float32 ULP
+# (2**-24 relative at worst), so the one final rounding keeps it within the 1-ULP bound.
+KL_PLAIN_MARGIN_BITS = 27
 
 
 # ---------------------------------------------------------------- public functions
@@ -96,6 +102,8 @@ def _kl_rows(p, q, axis, log_input):
     wide = p.dtype == _xp(p).float64
     if _backend.is_tensor(p):
         value, scale = _kl_row_sums(_backend.to_working(p2), _backend.to_working(q2), log_input, wide)
+    elif not (log_input or wide):
+        value, scale = _kl_narrow_rows(p2, q2)
     else:
         value, scale = _kl_row_sums_blocked(p2, q2, log_input, wide)
     limit = cancellation_limit(p.dtype, 53, KL_TERM_ERROR_UNITS)
@@ -119,15 +127,61 @@ def _kl_row_sums(p, q, log_input, wide):
 
 
 def _kl_row_sums_blocked(p2, q2, log_input, wide):
-    """`_kl_row_sums` over cache-sized blocks of rows of 2-D NumPy arrays (any float dtype)."""
+    """`_kl_row_sums` over cache-sized blocks of rows of 2-D NumPy arrays (any float dtype).
+
+    Probabilities take the fused loop `_fused_kl.kl_excess_rows` (the same terms as `_kl_excess_terms`,
+    with log(p/q) in double-double wherever it is far from 0, for every input dtype).
+    """
     n_rows, n = p2.shape
     value, scale = np.empty(n_rows), np.empty(n_rows)
     per_block = max(1, BLOCK // max(n, 1))
+    shape = (min(per_block, n_rows), n)
+    scratch = None if log_input else (np.empty(shape), np.empty(shape), np.empty(shape, np.int32), np.empty(shape))
     for start in range(0, n_rows, per_block):
         stop = min(start + per_block, n_rows)
         rows = slice(start, stop)
-        value[rows], scale[rows] = _kl_row_sums(np.asarray(p2[rows], np.float64), np.asarray(q2[rows], np.float64),
-                                                log_input, wide)
+        p_rows, q_rows = np.asarray(p2[rows], np.float64), np.asarray(q2[rows], np.float64)
+        if log_input:
+            value[rows], scale[rows] = _kl_row_sums(p_rows, q_rows, log_input, wide)
+            continue
+        ratio, mant, expo, terms = (a[: stop - start] for a in scratch)
+        with np.errstate(divide="ignore", invalid="ignore"):  # q = 0: the loop takes those terms apart
+            np.divide(p_rows, q_rows, out=ratio)
+        np.frexp(ratio, out=(mant, expo))
+        mass_diff = np.empty(stop - start)
+        _fused_kl.kl_excess_rows(np.ascontiguousarray(p_rows), np.ascontiguousarray(q_rows), ratio, mant, expo, terms,
+                              mass_diff)
+        a = terms.sum(-1)  # terms >= 0: the pairwise sum keeps its digits
+        value[rows], scale[rows] = a + mass_diff, a + np.abs(mass_diff)
+    return value, scale
+
+
+def _kl_narrow_rows(p2, q2):
+    """(value, scale) per row of narrow NumPy probabilities: the plain sum p log(p/q) in float64 where it is
+    provably within half a narrow ULP, the cancellation-free `_kl_row_sums` for the other rows.
+
+    The plain terms err by at most 2**-53 (p + KL_PLAIN_LOG_ERROR_UNITS |t|) each (the rounded ratio,
+    the log, the product) and their sum by n 2**-53 sum |t|; a row is kept when that stays below
+    2**-KL_PLAIN_MARGIN_BITS of its value, which fails only where the terms cancel (p close to q).
+    """
+    n_rows, n = p2.shape
+    value, scale, mass = np.empty(n_rows), np.empty(n_rows), np.empty(n_rows)
+    per_block = max(1, BLOCK // max(n, 1))
+    scratch = [np.empty((min(per_block, n_rows), n)) for _ in range(3)]
+    for start in range(0, n_rows, per_block):
+        stop = min(start + per_block, n_rows)
+        a, b, log_ratio = (buf[: stop - start] for buf in scratch)
+        np.copyto(a, p2[start:stop])
+        np.copyto(b, q2[start:stop])
+        with np.errstate(divide="ignore", invalid="ignore"):  # p/0 = inf, 0/0 = NaN: the p = 0 terms are redone
+            np.divide(a, b, out=log_ratio)
+            np.log(log_ratio, out=log_ratio)
+        _fused_kl.kl_plain_rows(a, b, log_ratio, value[start:stop], scale[start:stop], mass[start:stop])
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN rows compare False: they are final
+        bound = (mass + (KL_PLAIN_LOG_ERROR_UNITS + n) * scale) * 2.0 ** -53
+        doubtful = np.flatnonzero(bound > np.abs(value) * 2.0 ** -KL_PLAIN_MARGIN_BITS)
+    if doubtful.size:
+        value[doubtful], scale[doubtful] = _kl_row_sums_blocked(p2[doubtful], q2[doubtful], False, False)
     return value, scale
 
 
@@ -147,7 +201,7 @@ def _kl_excess_terms(p, q, wide):
     with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
         u = d_hi / s
         u = u - u * (s_lo / s)  # d / (s + s_lo): p + q exactly
-        close = abs(u) <= KL_SERIES_MAX_U
+        close = abs(u) <= _fused_kl.KL_SERIES_MAX_U
         far = _kl_far(p, q, d_hi, d_lo) if wide else _kl_plain(p, q, d_hi)
         excess = xp.where(close, _kl_series(u, d_hi, p), far)
         excess = xp.where(s == 0, xp.zeros_like(excess), excess)  # p = q = 0: nothing
@@ -157,8 +211,8 @@ def _kl_excess_terms(p, q, wide):
 def _kl_series(u, d, p):
     """u (p - q) + 2 p u^3 P(u^2), P(z) = sum_k z^k / (2k + 3): the excess p log(p/q) - (p - q) near p = q."""
     z = u * u
-    poly = 0.0 * z + 1.0 / (2 * KL_SERIES_TERMS + 1)
-    for k in range(KL_SERIES_TERMS - 2, -1, -1):
+    poly = 0.0 * z + 1.0 / (2 * _fused_kl.KL_SERIES_TERMS + 1)
+    for k in range(_fused_kl.KL_SERIES_TERMS - 2, -1, -1):
         poly = poly * z + 1.0 / (2 * k + 3)
     return u * d + 2.0 * p * (u * z) * poly
 
@@ -167,8 +221,8 @@ def _kl_far(p, q, d_hi, d_lo):
     """p log(p/q) - (p - q) with log(p/q) in double-double where its rounding would show; p = 0 gives q."""
     xp = _xp(p)
     ratio = p / q
-    in_range = (p >= KL_DD_MIN_ENTRY) & (q >= KL_DD_MIN_ENTRY) & \
-        (ratio >= 2.0 ** -KL_DD_MAX_LOG2_RATIO) & (ratio <= 2.0 ** KL_DD_MAX_LOG2_RATIO)
+    in_range = (p >= _fused_kl.KL_DD_MIN_ENTRY) & (q >= _fused_kl.KL_DD_MIN_ENTRY) & \
+        (ratio >= 2.0 ** -_fused_kl.KL_DD_MAX_LOG2_RATIO) & (ratio <= 2.0 ** _fused_kl.KL_DD_MAX_LOG2_RATIO)
     safe_p = xp.where(in_range, p, xp.ones_like(p))
     safe_q = xp.where(in_range, q, xp.ones_like(q))
     l_hi, l_lo = _exact.log_ratio_dd(safe_p, safe_q)
@@ -235,8 +289,13 @@ def _kl_mp(ps, qs, log_input):
 def _kl_grad(p, q, g, axis, reduction, log_input):
     if _backend.is_tensor(p) and on_numpy(p) and not _backend.torch_module().is_grad_enabled():
         views = [numpy_view(a) for a in (p, q, g)]
-        dp, dq = _kl_grad(*(v.astype(np.float64) for v in views), axis, reduction, log_input)
+        if not log_input and p.dtype == q.dtype == _backend.torch_module().float32:
+            dp, dq = _kl_grad_narrow_np(*views, axis, reduction)
+        else:
+            dp, dq = _kl_grad(*(v.astype(np.float64) for v in views), axis, reduction, log_input)
         return from_numpy(dp, p.dtype), from_numpy(dq, q.dtype)
+    if not (log_input or _backend.is_tensor(p)) and p.dtype == q.dtype == np.float32:
+        return _kl_grad_narrow_np(p, q, g, axis, reduction)
     xp = _xp(p)
     p2, outer = _exact.flatten_rows(p, axis)
     q2, _ = _exact.flatten_rows(q, axis)
@@ -267,12 +326,42 @@ def _kl_grad(p, q, g, axis, reduction, log_input):
     return tuple(results)
 
 
+def _kl_grad_narrow_np(p, q, g, axis, reduction):
+    """(dp, dq) of float32 NumPy probabilities: log(p/q) + 1 from the plain float64 log (within 2**-31 of
+    it wherever |log(p/q) + 1| >= KL_GRAD_PLAIN_MIN), the few entries closer to -1 in double-double."""
+    p2, outer = _exact.flatten_rows(p, axis)
+    q2, _ = _exact.flatten_rows(q, axis)
+    n_rows, n = p2.shape
+    w = row_weights(g, reduction, n_rows, None)
+    dp, dq = np.empty(p2.shape, p.dtype), np.empty(q2.shape, q.dtype)
+    per_block = max(1, BLOCK // max(n, 1))
+    scratch = [np.empty((min(per_block, n_rows), n)) for _ in range(3)]
+    for start in range(0, n_rows, per_block):
+        stop = min(start + per_block, n_rows)
+        a, ratio, log_ratio = (buf[: stop - start] for buf in scratch)
+        np.copyto(a, p2[start:stop])
+        with np.errstate(divide="ignore", invalid="ignore"):  # p/0 = inf, 0/0 = NaN, log 0 = -inf: the limits
+            np.divide(a, q2[start:stop], out=ratio, dtype=np.float64)
+            np.log(ratio, out=log_ratio)
+        flagged = _fused_kl.kl_grad_plain_rows(a, ratio, log_ratio, w[start:stop], dp[start:stop], dq[start:stop],
+                                            KL_GRAD_PLAIN_MIN)
+        if flagged:
+            rows, cols = np.nonzero(np.abs(log_ratio + 1.0) < KL_GRAD_PLAIN_MIN)
+            pp, qq = a[rows, cols], np.asarray(q2[start:stop][rows, cols], np.float64)
+            l_hi, l_lo = _log_ratio(pp, qq)
+            dp[start + rows, cols] = ((l_hi + 1.0) + l_lo) * w[start + rows]
+    results = []
+    for d in (dp, dq):
+        results.append(np.moveaxis(d.reshape(tuple(outer) + (n,)), -1, axis))
+    return tuple(results)
+
+
 def _log_ratio(p, q):
     """log(p/q) as (hi, lo): double-double where p, q allow it, log1p((p - q)/q) near 1, log p - log q at the extremes."""
     xp = _xp(p)
     ratio = p / q
-    ok = (p >= KL_DD_MIN_ENTRY) & (q >= KL_DD_MIN_ENTRY) & (ratio >= 2.0 ** -KL_DD_MAX_LOG2_RATIO) & \
-        (ratio <= 2.0 ** KL_DD_MAX_LOG2_RATIO)
+    ok = (p >= _fused_kl.KL_DD_MIN_ENTRY) & (q >= _fused_kl.KL_DD_MIN_ENTRY) & (ratio >= 2.0 ** -_fused_kl.KL_DD_MAX_LOG2_RATIO) & \
+        (ratio <= 2.0 ** _fused_kl.KL_DD_MAX_LOG2_RATIO)
     hi, lo = _exact.log_ratio_dd(xp.where(ok, p, xp.ones_like(p)), xp.where(ok, q, xp.ones_like(q)))
     plain = xp.log(p) - xp.log(q)
     return xp.where(ok, hi, plain), xp.where(ok, lo, xp.zeros_like(lo))

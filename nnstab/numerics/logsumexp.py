@@ -115,10 +115,13 @@ def logsumexp_backward(x, grad_output, axis=-1, keepdims=False):
     if _numpy_backward(x, g):
         return from_numpy(logsumexp_backward(*_backward_views(x, g), axis, keepdims), x.dtype)
     g64 = _backend.to_working(g)
+    if not _backend.is_tensor(x):  # the row weights scale the softmax before its one rounding
+        row_scale = np.ascontiguousarray(np.moveaxis(np.broadcast_to(
+            g64 if keepdims else np.expand_dims(g64, axis), x.shape[:axis] + (1,) + x.shape[axis + 1:]), axis, -1))
+        return rows_np(x, axis, "softmax", row_scale=row_scale.reshape(-1))
     if not keepdims:
-        g64 = g64.unsqueeze(axis) if _backend.is_tensor(g64) else np.expand_dims(g64, axis)
-    p = _torch_path().softmax64(x, axis) if _backend.is_tensor(x) else rows_np(x, axis, "softmax", np.float64)
-    return scalar_if_0d(_backend.from_working(p * g64, x.dtype))
+        g64 = g64.unsqueeze(axis)
+    return _backend.from_working(_torch_path().softmax64(x, axis) * g64, x.dtype)
 
 
 def softmax_backward(y, grad_output, axis=-1):

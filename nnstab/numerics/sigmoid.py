@@ -13,7 +13,9 @@ target t near sigmoid(x) and is then recomputed in extended precision.
 
 Values are computed in float64 and rounded once to the input dtype (see nnstab._backend). NumPy
 arrays are evaluated in cache-sized blocks (`map_blocks`), so the few float64 temporaries stay in
-cache and a float32 input is never copied whole into float64.
+cache and a float32 input is never copied whole into float64; within a block NumPy does exp and
+log1p and fused loops (nnstab.numerics._fused) the rest. CPU tensors (not bfloat16) run the same
+blocks on zero-copy NumPy views (`on_numpy_kernels`); other devices use torch ops.
 """
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ import numpy as np
 
 from nnstab import _backend
 from nnstab.numerics import _exact, validate
+from nnstab.numerics._lazy import lazy_module
+from nnstab.numerics.logsumexp import on_numpy
+
+_fused = lazy_module("nnstab.numerics._fused")  # numba is imported with the first fused loop
 
 # Below -708 the sigmoid is subnormal in float64, and below -709.78 exp(-x) overflows so that
 # 1 / (1 + exp(-x)) flushes to 0. For every x < -37, 1 + exp(x) rounds to 1 (exp(-37) < 2**-53), so
@@ -38,6 +44,8 @@ TORCH_SOFTPLUS_THRESHOLD = 37.0
 
 # Elements per NumPy block: a float64 scratch block (256 KiB) stays in the per-core L2 cache.
 BLOCK = 1 << 15
+
+_ONE = np.ones(1)  # the weight of a plain sigmoid in the fused loop that also serves grad_output * sigmoid
 
 
 # ---------------------------------------------------------------- public functions
@@ -195,6 +203,11 @@ def _sigmoid_np(x, sign, grad_output=None):
 
 def _sigmoid_block(out, x, *rest, sign):
     *g, buf = rest
+    if _fused.has_dtypes(out, x, *map(np.asarray, g)):
+        _fused.scaled(x, -sign, buf)  # exact: a sign flip
+        np.exp(buf, out=buf)
+        _fused.weight_over_one_plus(buf, np.ravel(g[0]) if g else _ONE, out)
+        return
     np.multiply(x, -sign, out=buf, dtype=np.float64)  # exact: a sign flip
     np.exp(buf, out=buf)
     buf += 1.0
@@ -220,6 +233,12 @@ def _softplus_np(x, sign):
 
 
 def _softplus_block(out, x, buf, edge, *, sign):
+    if _fused.has_dtypes(out, x):
+        _fused.neg_abs(x, buf)
+        np.exp(buf, out=buf)  # e = exp(-|x|) in [0, 1]: no overflow; underflow to subnormals is wanted
+        np.log1p(buf, out=buf)
+        _fused.softplus_values(x, buf, sign, out)
+        return
     np.abs(x, out=buf, dtype=np.float64)
     np.negative(buf, out=buf)
     np.exp(buf, out=buf)  # e = exp(-|x|) in [0, 1]: no overflow; underflow to subnormals is wanted
@@ -233,6 +252,11 @@ def _softplus_block(out, x, buf, edge, *, sign):
 
 
 def _sigmoid_grad_block(out, x, g, e, d):
+    if _fused.has_dtypes(out, x, g) and np.ndim(g):
+        _fused.neg_abs(x, e)
+        np.exp(e, out=e)  # e = exp(-|x|) in [0, 1]
+        _fused.sigmoid_grad_values(e, g, out)
+        return
     np.abs(x, out=e, dtype=np.float64)
     np.negative(e, out=e)
     np.exp(e, out=e)  # e = exp(-|x|) in [0, 1]
@@ -264,7 +288,34 @@ def _sigmoid_times_torch(x, g, sign):
 
     if torch.is_grad_enabled() and (x.requires_grad or g.requires_grad):
         return g * _functions().Sigmoid.apply(sign * x)
+    if on_numpy_kernels(x, g):
+        return _tensor(_sigmoid_np(_view(x), sign, grad_output=_view(g)))
     return (_sigmoid_torch(x, sign) * g).to(x.dtype)
+
+
+# ---------------------------------------------------------------- CPU tensors on the NumPy kernels
+
+def on_numpy_kernels(*tensors) -> bool:
+    """Whether these tensors run the NumPy kernels on zero-copy views: CPU tensors of a NumPy dtype.
+
+    NumPy's float64 exp and log are SIMD kernels, several times faster than torch's float64 ones
+    on the CPU, and the blocked kernels keep their float64 scratch in cache. bfloat16 (no NumPy
+    dtype: its results must round once from float64) and other devices use the torch ops.
+    """
+    bfloat16 = _backend.torch_module().bfloat16  # a tensor exists: torch is imported
+    return all(on_numpy(t) and t.dtype != bfloat16 for t in tensors)
+
+
+def _view(t):
+    """A NumPy view of a CPU tensor (0-d tensors as 0-d arrays)."""
+    return t.detach().numpy()
+
+
+def _tensor(a):
+    """A tensor sharing the memory of a NumPy result (a NumPy scalar becomes a 0-d tensor)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(a))
 
 
 def _softplus_torch(x, sign=1.0):
@@ -304,6 +355,11 @@ LONGDOUBLE_EXTRA_BITS = _exact.LONGDOUBLE_BITS - 53 if _exact.LONGDOUBLE is not 
 
 def _sigmoid_minus_block(out, x, t, w, close, q, r, *, ratio):
     """out = w (sigmoid(x) - t), r = sigmoid(x) - t as (1 - t) - q for x >= 0 and -(t - q) for x < 0."""
+    if _fused.has_dtypes(out, x, t, np.asarray(w)):
+        _fused.neg_abs(x, q)
+        np.exp(q, out=q)
+        _fused.sigmoid_minus(x, t, q, np.ravel(w), ratio, out, close)
+        return
     np.abs(x, out=q, dtype=np.float64)
     np.negative(q, out=q)
     np.exp(q, out=q)
@@ -380,6 +436,8 @@ def _functions():
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
+            if on_numpy_kernels(x):
+                return _tensor(_sigmoid_np(_view(x), sign=1.0))
             return _sigmoid_torch(x).to(x.dtype)
 
         @staticmethod
@@ -393,6 +451,9 @@ def _functions():
         @staticmethod
         def forward(ctx, x, g):
             ctx.save_for_backward(x, g)
+            if on_numpy_kernels(x, g) and x.shape == g.shape:
+                xv = _view(x)
+                return _tensor(map_blocks(_sigmoid_grad_block, (xv, _view(g)), xv.dtype, n_scratch=2))
             return _sigmoid_grad_torch(x, g).to(x.dtype)
 
         @staticmethod
@@ -409,6 +470,8 @@ def _functions():
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
+            if on_numpy_kernels(x):
+                return _tensor(_softplus_np(_view(x), sign=-1.0))
             return _softplus_torch(x, sign=-1.0).to(x.dtype)
 
         @staticmethod
@@ -420,6 +483,8 @@ def _functions():
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
+            if on_numpy_kernels(x):
+                return _tensor(_softplus_np(_view(x), sign=1.0))
             return _softplus_torch(x).to(x.dtype)
 
         @staticmethod

@@ -95,6 +95,11 @@ def any_true(mask) -> bool:
 
 def check_in_unit_interval(p, name: str):
     """Values in [0, 1]; NaN is allowed and propagates. One host sync (the `.any()`) when the values pass."""
+    if _backend.is_tensor(p):
+        if p.numel() and all(0 <= v <= 1 for v in (float(b) for b in _backend.torch_module().aminmax(p.detach()))):
+            return  # one pass, one host sync, no mask (a NaN fails the compares and takes the masked look below)
+    elif p.size and 0 <= p.min() and p.max() <= 1:
+        return  # two SIMD reductions, no mask (a NaN fails the compares and takes the masked look below)
     bad = (p < 0) | (p > 1)
     if any_true(bad):
         p = p.detach() if _backend.is_tensor(p) else p  # float() of a tensor in a graph warns
