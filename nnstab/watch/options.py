@@ -52,8 +52,10 @@ def known_kind(kind):
 
 
 def positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TypeError(f"watch() option {name!r} must be a positive int, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"watch() option {name!r} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:   # the right type, out of range: a ValueError, as int("x") vs range(-1) in Python
+        raise ValueError(f"watch() option {name!r} must be a positive int (1 = every step), got {value!r}")
     return value
 
 
@@ -86,7 +88,8 @@ def replay(value):
         return "device"
     if isinstance(value, str) and value in REPLAY_MODES:
         return value
-    raise ValueError(f"watch() option 'replay' must be False, True, \"device\" or \"host\", got {value!r}; "
+    error = ValueError if isinstance(value, str) else TypeError   # a wrong word, or not a word at all
+    raise error(f"watch() option 'replay' must be False, True, \"device\" or \"host\", got {value!r}; "
                      f"True keeps the step's snapshot on the parameters' device, \"host\" in host memory")
 
 

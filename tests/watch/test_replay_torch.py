@@ -221,10 +221,10 @@ def test_a_nan_made_in_the_loss_is_said_to_come_from_outside_the_model():
     assert "loss code" in f.message
 
 
-@pytest.mark.parametrize("bad", ["gpu", 1, "yes", 0.5])
-def test_bad_replay_values_are_refused_with_the_choices(bad):
+@pytest.mark.parametrize("bad, error", [("gpu", ValueError), ("yes", ValueError), (1, TypeError), (0.5, TypeError)])
+def test_bad_replay_values_are_refused_with_the_choices(bad, error):
     model = nn.Linear(2, 2)
-    with pytest.raises(ValueError, match=r"'replay' must be False, True, \"device\" or \"host\""):
+    with pytest.raises(error, match=r"'replay' must be False, True, \"device\" or \"host\""):
         watch(model, replay=bad)
     watch(model, replay=False).close()   # the refused monitors left nothing attached
 

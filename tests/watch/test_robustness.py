@@ -60,7 +60,7 @@ def test_options_are_validated_by_name(options, message):
 
 def test_watch_failing_on_options_leaves_the_model_unwatched():
     model = nn.Linear(2, 2)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="'every' must be a positive int"):
         watch(model, every=0)
     watch(model).close()                                   # not marked as watched
 

@@ -78,8 +78,10 @@ class Check:
 
 
 def _positive_int(name, value, kind):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{kind} check option {name!r} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{kind} check option {name!r} must be a positive int (1 = every step), got {value!r}")
     return int(value)
 
 
