@@ -106,10 +106,13 @@ def plural(n: int, word: str) -> str:
 
 def place(finding) -> str:
     """Where a finding happened, as a reader names it: its layer, or "(input)" when the model's input
-    was already non-finite, "(loss)", or "(model)"."""
+    was already non-finite, "(loss)", or "(model)"; prefixed with "rank N: " in a distributed run."""
     if not finding.layer and (finding.details or {}).get("source") == "input":
-        return "(input)"
-    return layer_label(finding.layer, finding.phase)
+        where = "(input)"
+    else:
+        where = layer_label(finding.layer, finding.phase)
+    rank = getattr(finding, "rank", None)
+    return where if rank is None else f"rank {rank}: {where}"
 
 
 def layer_label(name: str, phase: str | None = None) -> str:

@@ -174,3 +174,14 @@ def test_kinds_switched_off_are_not_shown_as_clean(runs):
     assert report.summary()["by_kind"]["dead_relu"]["checked"] is False
     assert "| – | dead_relu | not checked |" in report.to_markdown()
     assert "<th>nonfinite</th><td><code>every=1</code>" in report.to_html()
+
+
+def test_findings_of_a_distributed_run_name_their_rank_in_every_format(runs):
+    message = "fc2 produced inf in its output at step 0."
+    bad = runs.finding("nonfinite", "fc2", 0, "forward", "error", "inf", 0.0, message, rank=1)
+    report = Report([runs.header(rank=1, world_size=2), runs.step(0), bad, runs.end(1)])
+    assert "rank 1: fc2" in report.to_markdown()
+    assert "rank 1: fc2" in report.to_html()
+    assert "rank 1: fc2" in report.to_terminal(color=False)
+    single = runs.finding("nonfinite", "fc2", 0, "forward", "error", "inf", 0.0, message)
+    assert "rank 1" not in Report([runs.header(), runs.step(0), single, runs.end(1)]).to_markdown()
