@@ -11,8 +11,8 @@ import numpy as np
 from nnstab.nn import _args
 from nnstab.nn.errors import LayerInputError
 from nnstab.nn.module import Module
-from nnstab.numerics.logsumexp import log_softmax, log_softmax_backward, softmax, softmax_backward
-from nnstab.numerics.sigmoid import sigmoid, sigmoid_backward, softplus, softplus_backward
+from nnstab.numerics.softmax_family import log_softmax, log_softmax_backward, softmax, softmax_backward
+from nnstab.numerics.sigmoid_family import sigmoid, sigmoid_backward, softplus, softplus_backward
 
 SELU_ALPHA = 1.6732632423543772848170429916717   # Klambauer et al. (2017): the self-normalising fixed point
 SELU_SCALE = 1.0507009873554804934193349852946

@@ -15,7 +15,7 @@ from nnstab.numerics._cross_entropy import ce_grad_np, ce_rows_np, fix_overflow,
 from nnstab.numerics._logsumexp_torch import TORCH_FUSED_MIN_LOG_SUM, log_softmax64_torch, parts_torch, softmax64
 from nnstab.numerics._loss_rows import row_weights, without
 from nnstab.numerics._softmax_kernels import limit_rows
-from nnstab.numerics.logsumexp import from_numpy, log_softmax, numpy_view, on_numpy
+from nnstab.numerics.softmax_family import from_numpy, log_softmax, numpy_view, on_numpy
 
 
 def _numpy_target(target):

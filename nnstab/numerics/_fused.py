@@ -161,7 +161,7 @@ def times_rows(x, c, out):
 def softmax_backward_rows(y, g, tops, out):
     """out = y (g - sum(g y)) per row of float32 y, g (float64 math, one rounding), the top entry (tops: the
     rows' argmax, from NumPy's SIMD argmax) as
-    y_top (g_top sum_{j != top} y_j - sum_{j != top} g_j y_j) (nnstab.numerics.logsumexp.softmax_backward).
+    y_top (g_top sum_{j != top} y_j - sum_{j != top} g_j y_j) (nnstab.numerics.softmax_family.softmax_backward).
     Narrow sums: float32 results only."""
     for r in range(y.shape[0]):
         top = tops[r]
@@ -183,7 +183,7 @@ def softmax_backward_rows(y, g, tops, out):
 @narrow_sum_jit
 def log_softmax_backward_rows(y, g, tops, exp_y, out, near_one_above):
     """out = g - exp(y) sum(g) per row of float32 y, g (exp_y: float64 exp(y) from NumPy), the top entry
-    (tops: the rows' argmax) through expm1 where y_top > near_one_above (nnstab.numerics.logsumexp.log_softmax_backward). Narrow sums."""
+    (tops: the rows' argmax) through expm1 where y_top > near_one_above (nnstab.numerics.softmax_family.log_softmax_backward). Narrow sums."""
     for r in range(y.shape[0]):
         total = 0.0
         for i in range(y.shape[1]):
@@ -270,7 +270,7 @@ def softplus_values(x, log_term, sign, out):
 @exact_jit
 def sigmoid_grad_values(e, g, out):
     """out = (e g) / (1 + e (2 + e)) with e = exp(-|x|): g sigmoid'(x), the denominator (1 + e)**2 rounding once
-    less in its leading part (nnstab.numerics.sigmoid.sigmoid_backward)."""
+    less in its leading part (nnstab.numerics.sigmoid_family.sigmoid_backward)."""
     for i in range(e.size):
         ei = e[i]
         out[i] = (ei * np.float64(g[i])) / ((ei + 2.0) * ei + 1.0)

@@ -1,6 +1,6 @@
 """The softmax family on torch ops (any device, CUDA included), and its torch.autograd Functions.
 
-The formulas are those of nnstab.numerics.logsumexp, written with torch ops so that tensors stay on
+The formulas are those of nnstab.numerics.softmax_family, written with torch ops so that tensors stay on
 their device. CPU tensors normally run the NumPy kernels on zero-copy views instead (`on_numpy`);
 the forwards below and the autograd Functions dispatch between the two. This module is imported
 with the first tensor, so a NumPy-only user never imports torch.
@@ -15,7 +15,7 @@ from nnstab.numerics import _exact
 from nnstab.numerics._cancellation import LOG_SUM_ERROR_UNITS, LOG_SUM_ERROR_UNITS_NARROW, cancellation_limit, \
     lse_exact_rows
 from nnstab.numerics._softmax_kernels import LN2, limit_rows, logsumexp_np, rows_np
-from nnstab.numerics.logsumexp import from_numpy, log_softmax_backward, logsumexp_backward, numpy_view, on_numpy, \
+from nnstab.numerics.softmax_family import from_numpy, log_softmax_backward, logsumexp_backward, numpy_view, on_numpy, \
     softmax_backward
 
 # torch's fused float64 kernels compute log(1 + s) instead of log1p(s): an absolute error of

@@ -1,7 +1,7 @@
 """The NumPy block kernels of the softmax family, forward and backward, in cache-sized float64 blocks of rows.
 
 Per row they compute m = max(x) and log1p(s), and softmax or log_softmax, or a backward formula;
-the formulas and the reasons for them are in nnstab.numerics.logsumexp. A 2-D array of rows
+the formulas and the reasons for them are in nnstab.numerics.softmax_family. A 2-D array of rows
 (`as_rows_np`) is processed a block of rows at a time in float64 scratch that stays in cache
 (`kernel_np`, `rows_backward_np`). float64 rows take the exact difference x - m = hi + lo
 (`_block_wide`); narrower rows have the spare bits to skip it (`_block_narrow`). Rows with an

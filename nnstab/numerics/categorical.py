@@ -1,13 +1,13 @@
 """Cross-entropy of categorical distributions (and its derivative), NumPy or torch, to the last bit; KL re-exported.
 
-cross_entropy builds on the logsumexp core (nnstab.numerics.logsumexp): with m the row max,
+cross_entropy builds on the logsumexp core (nnstab.numerics.softmax_family): with m the row max,
 d = x - m and s the sum of exp(d) without the max term,
 
     -log_softmax(x)_t = log1p(s) - d_t          (two terms >= 0: no cancellation)
 
 so a confident correct prediction (loss ~1e-20) keeps its digits where log(sum(exp)) - x_t
 returns 0. It computes in float64 and rounds once to the input dtype. This module validates and
-dispatches; the per-row math is in nnstab.numerics._cross_entropy. As in logsumexp.py, CPU tensors
+dispatches; the per-row math is in nnstab.numerics._cross_entropy. As in softmax_family.py, CPU tensors
 run the NumPy code on zero-copy views and other devices run torch ops
 (nnstab.numerics._cross_entropy_torch); the tensor function is a torch.autograd.Function whose
 backward is cross_entropy_backward. kl_div and kl_div_backward live in nnstab.numerics.kl and are

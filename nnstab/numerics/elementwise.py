@@ -26,7 +26,7 @@ from nnstab import _backend
 from nnstab.numerics import validate
 from nnstab.numerics._lazy import lazy_module
 from nnstab.numerics.reduce import reduce_loss
-from nnstab.numerics.sigmoid import (
+from nnstab.numerics.sigmoid_family import (
     RECOMPUTE_BELOW,
     TORCH_SOFTPLUS_THRESHOLD,
     _scalar_if_0d,
@@ -34,8 +34,8 @@ from nnstab.numerics.sigmoid import (
     map_blocks,
     sum_blocks,
 )
-from nnstab.numerics.sigmoid import _functions as _sigmoid_functions
-from nnstab.numerics.sigmoid import _sigmoid_minus_block, _sigmoid_minus_exact, _sigmoid_minus_torch, _tensor, _view, \
+from nnstab.numerics.sigmoid_family import _functions as _sigmoid_functions
+from nnstab.numerics.sigmoid_family import _sigmoid_minus_block, _sigmoid_minus_exact, _sigmoid_minus_torch, _tensor, _view, \
     on_numpy_kernels
 
 _fused = lazy_module("nnstab.numerics._fused")  # numba is imported with the first fused loop

@@ -17,7 +17,7 @@ from nnstab.numerics import _exact, validate
 from nnstab.numerics._cancellation import cancellation_limit, precision_bits
 from nnstab.numerics._loss_rows import check_grad_output, finish_np, row_weights, without
 from nnstab.numerics._softmax_kernels import BLOCK
-from nnstab.numerics.logsumexp import from_numpy, numpy_view, on_numpy
+from nnstab.numerics.softmax_family import from_numpy, numpy_view, on_numpy
 from nnstab.numerics.reduce import reduce_loss
 from nnstab.numerics._lazy import lazy_module
 
@@ -102,7 +102,7 @@ def _kl_rows(p, q, axis, log_input):
     wide = p.dtype == _xp(p).float64
     if _backend.is_tensor(p):
         value, scale = _kl_row_sums(_backend.to_working(p2), _backend.to_working(q2), log_input, wide)
-    elif not (log_input or wide):
+    elif not (log_input or wide or q.dtype == np.float64):   # narrow p and q: p / q cannot overflow float64
         value, scale = _kl_narrow_rows(p2, q2)
     else:
         value, scale = _kl_row_sums_blocked(p2, q2, log_input, wide)
@@ -145,7 +145,8 @@ def _kl_row_sums_blocked(p2, q2, log_input, wide):
             value[rows], scale[rows] = _kl_row_sums(p_rows, q_rows, log_input, wide)
             continue
         ratio, mant, expo, terms = (a[: stop - start] for a in scratch)
-        with np.errstate(divide="ignore", invalid="ignore"):  # q = 0: the loop takes those terms apart
+        # q = 0 (p/0, 0/0) or a ratio beyond float64 (p / subnormal q): the loop redoes those terms apart
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             np.divide(p_rows, q_rows, out=ratio)
         np.frexp(ratio, out=(mant, expo))
         mass_diff = np.empty(stop - start)

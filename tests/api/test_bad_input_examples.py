@@ -15,7 +15,7 @@ import nnstab
 from nnstab import nn
 from nnstab.numerics.elementwise import binary_cross_entropy_with_logits_backward
 
-lse_module = importlib.import_module("nnstab.numerics.logsumexp")
+lse_module = importlib.import_module("nnstab.numerics.softmax_family")
 ROW_FUNCTIONS = ("softmax", "log_softmax", "logsumexp")
 
 

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 import nnstab
 
-lse_module = importlib.import_module("nnstab.numerics.logsumexp")
+lse_module = importlib.import_module("nnstab.numerics.softmax_family")
 ce_module = importlib.import_module("nnstab.numerics.categorical")
 
 UNARY = ("sigmoid", "log_sigmoid", "softplus")

@@ -15,7 +15,7 @@ from nnstab import oracle
 from nnstab.testing import ULP_BOUNDS, assert_ulp_close, families, strategies, ulp_error
 
 ce_module = importlib.import_module("nnstab.numerics.categorical")
-lse_module = importlib.import_module("nnstab.numerics.logsumexp")
+lse_module = importlib.import_module("nnstab.numerics.softmax_family")
 
 FAMILIES = tuple(f for f in families.LOGIT_FAMILIES if f != "long_rows")
 EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7, "float32": 2.0 ** -23, "float64": 2.0 ** -52}
@@ -229,6 +229,18 @@ def test_kl_div_of_random_distributions_is_within_bound(dtype, data):
 def test_kl_of_a_distribution_from_itself_is_exactly_zero(p):
     assert np.all(nnstab.kl_div(p, p, reduction="none") == 0)
     assert np.all(nnstab.kl_div(torch.from_numpy(p), torch.from_numpy(p), reduction="none").numpy() == 0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_kl_of_narrow_p_against_a_subnormal_float64_q_is_finite_and_within_bound(dtype):
+    # p / q = 1 / 2.2e-313 is beyond float64: the ratio must not overflow into an infinite KL (true value ~720)
+    p = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype=dtype)
+    q = np.array([[2.2250738585e-313, 0.5, 0.5], [1e-310, 0.5, 0.5]])
+    exact = oracle.kl_div(p, q, reduction="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")        # no overflow warning escapes either
+        got = nnstab.kl_div(p, q, reduction="none")
+    assert_ulp_close(got, exact, dtype)
 
 
 @settings(max_examples=40)

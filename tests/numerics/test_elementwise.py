@@ -17,7 +17,7 @@ from nnstab.numerics.elementwise import (
     mse,
     mse_backward,
 )
-from nnstab.numerics.sigmoid import softplus
+from nnstab.numerics.sigmoid_family import softplus
 from nnstab.testing import ULP_BOUNDS, assert_ulp_close, ulp_error
 from nnstab.testing.families import bce_arrays, binary_targets, family_arrays, round_to, to_torch
 from nnstab.testing.strategies import logits, probabilities

@@ -11,8 +11,8 @@ from nnstab import oracle
 from nnstab.numerics import _fused, elementwise, kl
 from nnstab.testing import assert_ulp_close, families
 
-lse_module = importlib.import_module("nnstab.numerics.logsumexp")
-sigmoid_module = importlib.import_module("nnstab.numerics.sigmoid")
+lse_module = importlib.import_module("nnstab.numerics.softmax_family")
+sigmoid_module = importlib.import_module("nnstab.numerics.sigmoid_family")
 
 
 def distributions(rows, cols, seed, dtype, concentration=1.0):

@@ -27,7 +27,7 @@ import numpy as np
 from nnstab import _backend
 from nnstab.numerics import _exact, validate
 from nnstab.numerics._lazy import lazy_module
-from nnstab.numerics.logsumexp import on_numpy
+from nnstab.numerics.softmax_family import on_numpy
 
 _fused = lazy_module("nnstab.numerics._fused")  # numba is imported with the first fused loop
 

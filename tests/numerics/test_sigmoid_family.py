@@ -1,4 +1,4 @@
-"""Tests for nnstab.numerics.sigmoid: sigmoid, log_sigmoid, softplus and their derivatives, NumPy and torch."""
+"""Tests for nnstab.numerics.sigmoid_family: sigmoid, log_sigmoid, softplus and their derivatives, NumPy and torch."""
 import mpmath
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nnstab import oracle
-from nnstab.numerics.sigmoid import (
+from nnstab.numerics.sigmoid_family import (
     log_sigmoid,
     log_sigmoid_backward,
     sigmoid,
