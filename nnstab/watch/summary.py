@@ -262,6 +262,7 @@ def _forward_origin(tape, names, skip):
     input batch, or a functional op) reaching a call, or a call making one from finite inputs."""
     nf = tape.nonfinite
     root_inputs = {id(rec) for c in tape.calls if c.layer == 0 for rec in c.inputs}
+    changed = None    # (call, measurement) of the first non-finite output that was changed in place
     for c in tape.calls:
         if c.pass_id in skip or c.role is not T.COMPUTE:
             continue
@@ -276,10 +277,18 @@ def _forward_origin(tape, names, skip):
             return Origin("forward", _parent(names, name), value, inf, dtype, via=name)
         if bad_in:
             continue
-        bad_out = [rec.meas for rec, created in c.outputs if created and rec.meas is not None and nf(rec.meas)]
-        if bad_out:
-            value, inf, dtype = _worst(tape, bad_out[0])
+        bad = [rec for rec, created in c.outputs if created and rec.meas is not None and nf(rec.meas)]
+        if bad and all(rec.state == T.MODIFIED for rec in bad):
+            # measured after code outside the module changed it in place: not the module's own values
+            changed = changed or (c, bad[0].meas)
+            continue
+        if bad:
+            value, inf, dtype = _worst(tape, next(rec.meas for rec in bad if rec.state != T.MODIFIED))
             return Origin("forward", names[c.layer], value, inf, dtype)
+    if changed is not None:       # nothing else made it: the code that changed the output in place did
+        c, i = changed
+        value, inf, dtype = _worst(tape, i)
+        return Origin("forward", _parent(names, names[c.layer]), value, inf, dtype, via=names[c.layer])
     return None
 
 
@@ -302,8 +311,9 @@ def _backward_origin(tape, names, skip, params):
         ci = _blame(tape, rec)
         if ci is not None:
             candidates.append((ci, Origin("backward", names[tape.calls[ci].layer], value, inf, dtype, via=via)))
-        else:
-            candidates.append((-1, Origin("backward", _parent(names, via), value, inf, dtype, via=via)))
+        else:   # consumed by code outside any watched module, right after its producer: before it in backward
+            candidates.append((rec.producer + 0.5, Origin("backward", _parent(names, via), value, inf, dtype,
+                                                          via=via)))
     last_call = {}
     for ci, c in enumerate(tape.calls):
         if c.pass_id not in skip:

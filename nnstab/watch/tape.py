@@ -57,7 +57,7 @@ THROUGH = "through"  # cannot turn finite values non-finite (Dropout, Flatten, p
 
 
 class TRec:
-    __slots__ = ("producer", "consumers", "meas", "grad_meas", "root_output")
+    __slots__ = ("producer", "consumers", "meas", "grad_meas", "root_output", "version", "state")
 
     def __init__(self, producer: int, meas=None):
         self.producer = producer      # index of the producing Call, -1 when it came from outside the watched modules
@@ -65,6 +65,15 @@ class TRec:
         self.meas = meas              # index of the Meas telling whether its values were finite (None: unknown)
         self.grad_meas = None         # index of the Meas of its gradient, once measured
         self.root_output = False      # it is (an) output of the watched model: its gradient comes from the loss
+        self.version = None           # the tensor's in-place version counter when its measurement was noted
+        self.state = NOTED            # NOTED | EARLY (measured before an in-place op) | MODIFIED (see below)
+
+
+# Deferred measurements and in-place operations (host tensors are measured when the forward pass ends):
+NOTED = 0      # measured when the pass ends, as made (its version counter has not moved)
+EARLY = 1      # measured before an in-place module (ReLU(inplace=True) & co) overwrote it: as made
+MODIFIED = 2   # something changed it in place before it was measured (`h += ...` in a parent's forward):
+               # its values are not the module's own, so a NaN/inf in them is not blamed on the module
 
 
 class Call:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from nnstab.watch.tape import COMPUTE, FINITE, SKIPPED, Call, Tape, TRec
+from nnstab.watch.tape import COMPUTE, EARLY, FINITE, MODIFIED, NOTED, SKIPPED, Call, Tape, TRec
 
 
 class LayerInfo(NamedTuple):
@@ -35,13 +35,21 @@ class BaseAdapter:
         self.seen: dict = {}            # id(tensor) -> (tensor, TRec) for the forward pass in progress
         self.defer = False              # measure at the end of the forward pass / step (host tensors)
         self.later: list = []           # what the forward pass noted to measure (see flush_forward)
+        self.pending: list = []         # host tensors: forward calls as the hooks saw them, recorded together
+                                        # when the model's forward ends (see link_pending)
+        self._hint = None               # (version, autograd node) of the output of the call being linked,
+                                        # as they were when its hook ran
         self.sentinels = False          # on steps not asking for every layer, look at the model's outputs
                                         # and at the gradients nearest its inputs first (see flush_forward)
         self.active = False
+        self.noting = False             # active, recording a step, host tensors: hooks only note (see link_pending)
         self.on_cpu = True              # the model's parameters are on the CPU: results can be read at once
         self._own_params = None         # [(layer, its own parameters)], listed on first use
         self.disabled: set = set()      # layers whose hooks failed once: skipped from then on
         self.errors: list = []          # (where, exception): the monitor turns each into an info finding
+        self.modified_layers: set = set()   # layers whose outputs were changed in place before the pass ended:
+                                            # measured in their hook from then on (see measure_early)
+        self.notes: set = set()         # what the adapter could not see (e.g. inside a fullgraph compile), once each
 
     # -- subclasses provide ----------------------------------------------------------------------
     def _modules(self):
@@ -86,17 +94,43 @@ class BaseAdapter:
         """The number _finite records for t (its sum, exact about NaN/inf)."""
         raise NotImplementedError
 
+    def _version(self, t):
+        """t's in-place version counter (torch), or None where the framework has none."""
+        return None
+
 
     def _units(self, tape, layer, units, conv, rec, t):
         raise NotImplementedError
 
-    def _watch_grad(self, tape, layer, t, rec, owner):
-        """Arrange for t's gradient to be measured (torch: a tensor hook); nothing by default."""
+    def _watch_grad(self, tape, layer, t, rec, owner, pass_id=None, node=None):
+        """Arrange for t's gradient to be measured (torch: a hook on the node `node` that made it, t.grad_fn
+        by default); nothing by default."""
 
     def _called(self, idx, ci):
         """A call was recorded (the NumPy adapter pairs it with its backward)."""
 
     # -- shared ----------------------------------------------------------------------------------
+    def _update_noting(self):
+        self.noting = self.active and self.tape is not None and self.defer
+
+    def link_pending(self):
+        """Record the forward calls the hooks noted (host tensors), in the order they completed.
+
+        Python run between two layers finds its data evicted by the layer's arithmetic, so the hooks
+        only append what they saw; the linking, noting and hook registration run here, together, when
+        the model's forward ends (or earlier, when something needs the record at once)."""
+        pending = self.pending[:]       # the list itself stays: the hooks hold its append
+        self.pending.clear()
+        for idx, role, units, conv, inputs, output, hint in pending:
+            if self.tape is None or not self.active or idx in self.disabled:
+                continue
+            self._hint = hint
+            try:
+                self.record_forward(idx, role, units, conv, inputs, output)
+            except Exception as exc:   # never into training
+                self.fail(f"forward hook of {self.names[idx] or 'the model'!r}", exc, idx)
+        self._hint = None
+
     def record_forward(self, idx, role, units, conv, inputs, output):
         """One forward call: link its inputs to the calls that produced them, and note what to measure.
 
@@ -144,6 +178,8 @@ class BaseAdapter:
             return
         plan = tape.plan
         defer = self.defer
+        hint = self._hint
+        watch = []                  # outputs whose gradients to watch, once the inputs are linked too
         for t in self.floats(output, idx):
             entry = seen.get(id(t))
             if entry is not None and entry[0] is t:       # a child's output handed up, or an in-place result
@@ -153,12 +189,15 @@ class BaseAdapter:
                 rec = TRec(ci)
                 if defer:
                     rec.meas = tape.add(FINITE, idx, None, (None,), trec=rec)   # filled in by flush_forward
+                    rec.version = self._version(t) if hint is None else hint[0]
                     self.later.append((idx, None, call, rec, t))
+                    if self.modified_layers and idx in self.modified_layers:
+                        self.measure_early(tape, idx, rec, t)
                 else:
                     rec.meas = self._finite(tape, idx, t, rec)
                     self._more(tape, idx, t, plan)
                 if plan.grads:
-                    self._watch_grad(tape, idx, t, rec, idx)
+                    watch.append((t, rec))
                 seen[id(t)] = (t, rec)
                 call.outputs.append((rec, True))
             if units is not None:
@@ -181,6 +220,8 @@ class BaseAdapter:
                 rec = entry[1]
             rec.consumers.append(ci)
             call.inputs.append(rec)
+        for t, rec in watch:
+            self._watch_grad(tape, idx, t, rec, idx, None, None if hint is None else hint[1])
         self._called(idx, ci)
         if idx == 0:
             self._end_pass(call)
@@ -211,15 +252,22 @@ class BaseAdapter:
             healthy = True
             for idx, what, x, rec, t in later:
                 if what is None and id(rec) in outs:
-                    healthy &= self._fill(tape, rec, t)
+                    healthy &= self._fill_noted(tape, idx, rec, t)
             if healthy:
                 for idx, what, x, rec, t in later:
                     if what is None:
                         m = tape.meas[rec.meas]
+                        if rec.state is EARLY:                 # looked at already; recorded as the rest
+                            if id(rec) not in outs:
+                                m.what = SKIPPED
+                                tape.scalars[m.s0] = 0.0
+                            continue
                         if tape.scalars[m.s0] is None:         # not looked at: the pass was finite
+                            self._check_version(idx, rec, t)
                             m.what = SKIPPED
                             tape.scalars[m.s0] = 0.0
-                        self._more(tape, idx, t, plan)
+                        if rec.state is NOTED:                 # (a changed output's values are not its module's)
+                            self._more(tape, idx, t, plan)
                     elif what is not False:
                         self._units(tape, idx, what, x, rec, t)
                 return
@@ -227,9 +275,10 @@ class BaseAdapter:
         for idx, what, x, rec, t in later:
             if what is None:                                   # a COMPUTE output
                 value = tape.scalars[tape.meas[rec.meas].s0]
-                if not (self._fill(tape, rec, t) if value is None else value - value == 0):
+                if not (self._fill_noted(tape, idx, rec, t) if value is None else value - value == 0):
                     broken.add(id(x))
-                self._more(tape, idx, t, plan)
+                if rec.state is NOTED:                         # measured early, or changed since: not again
+                    self._more(tape, idx, t, plan)
             elif what is not False:                            # units of an activation
                 self._units(tape, idx, what, x, rec, t)
         for idx, what, x, rec, t in later:
@@ -255,6 +304,35 @@ class BaseAdapter:
                 if c.role is COMPUTE or self.upstream_compute(tape, inp, depth + 1):
                     return True
         return False
+
+    def _fill_noted(self, tape, idx, rec, t) -> bool:
+        """_fill for a noted output, unless it was measured early; notes an in-place change since."""
+        if rec.state is EARLY:
+            v = tape.scalars[tape.meas[rec.meas].s0]
+            return v - v == 0
+        self._check_version(idx, rec, t)
+        return self._fill(tape, rec, t)
+
+    def _check_version(self, idx, rec, t):
+        """An output changed in place after its module returned it (its values are no longer the module's):
+        mark it, and measure that layer's outputs in its hook from the next pass on."""
+        if rec.version is not None and self._version(t) != rec.version:
+            rec.state = MODIFIED
+            self.modified_layers.add(idx)
+
+    def measure_early(self, tape, idx, rec, t):
+        """Measure a noted output now, before an in-place operation overwrites it (unless one did already)."""
+        if rec.state is not NOTED or rec.meas is None:
+            return
+        self._check_version(idx, rec, t)
+        if rec.state is not NOTED:
+            return
+        m = tape.meas[rec.meas]
+        if m.what is not FINITE or tape.scalars[m.s0] is not None:
+            return
+        self._fill(tape, rec, t)
+        self._more(tape, idx, t, tape.plan)
+        rec.state = EARLY
 
     def _fill(self, tape, rec, t) -> bool:
         """Fill in the sum of a noted output; whether it is finite."""
@@ -298,16 +376,20 @@ class BaseAdapter:
         self.active = False
         self.tape = None
         self.seen.clear()
+        self.pending.clear()
+        self._update_noting()
 
     def begin(self, step: int, plan) -> Tape:
         """Start recording step `step`, measuring what `plan` asks for."""
         self.seen.clear()
         self.later.clear()
+        self.pending.clear()
         if step % 64 == 0:                # where the model lives changes rarely (model.to(...)); look now and then
             self.on_cpu = not self.accelerated()
             self.defer = self.on_cpu
             self.sentinels = self.on_cpu and self.SENTINELS
         self.tape = Tape(step, plan)
+        self._update_noting()
         return self.tape
 
     def check_loss(self, loss):
@@ -316,13 +398,16 @@ class BaseAdapter:
     def end(self, loss=None, scaler_state=None) -> Tape | None:
         """Close the current step: add parameter norms (if planned), the loss and the AMP scale."""
         try:
-            self.flush_forward()        # a forward whose model-level hook never ran (submodules called directly)
+            self.link_pending()         # a forward whose model-level hook never ran (submodules called directly)
+            self.flush_forward()
             self.flush_grads()
         except Exception as exc:
             self.fail("measuring the step", exc)
         tape, self.tape = self.tape, None
+        self._update_noting()
         self.seen.clear()
         self.later.clear()
+        self.pending.clear()
         self.held = []
         if tape is None:
             return None
@@ -345,10 +430,12 @@ class BaseAdapter:
         self.errors.append((where, exc))
         if layer is None:
             self.active = False
+            self.noting = False
         else:
             self.disabled.add(layer)
         if self.tape is not None:
             self.tape.broken = True
         self.seen.clear()
         self.later.clear()
+        self.pending.clear()
         self.held = []

@@ -6,27 +6,34 @@ value samples and parameter norms only on the steps their checks are scheduled.
   on an accelerator  the reductions are launched in the hooks and stay device tensors; `read()` moves
                      every pending result to the host in one transfer (never a synchronisation per hook);
   on the CPU         there is no device to wait for, but Python between layers runs with cold caches:
-                     the forward hooks only note what to measure, and the whole pass is measured in one
-                     tight loop when the model's forward returns (adapters/base.py: flush_forward);
-                     results are Python floats at once.
+                     the forward hooks only append what they saw; the calls are recorded and the whole
+                     pass is measured in one tight loop when the model's forward returns (adapters/
+                     base.py: link_pending, flush_forward); results are Python floats at once.
 Measurements read detached tensors; hooks never modify a tensor and return None.
 
-Only module forward hooks are registered on modules (`_forward_hooks`); gradients are watched with
-pre-hooks on the autograd nodes of the step's own activations (Node.register_prehook), which go away
-with the step's graph, so `detach()` leaves every hook dictionary of every module exactly as it was.
+Only module forward hooks are registered on modules (`_forward_hooks`; a forward pre-hook too on
+modules with inplace=True, see torch_modes.py); gradients are watched with pre-hooks on the autograd
+nodes of the step's own activations (torch_grads.py), which go away with the step's graph, so
+`detach()` leaves every hook dictionary of every module exactly as it was. Activation checkpointing,
+torch.compile and in-place operations: torch_modes.py.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from nnstab.watch import tape as T
 from nnstab.watch.adapters.base import BaseAdapter, LayerInfo
+from nnstab.watch.adapters.torch_grads import HALVES, GradsMixin, _min_max, _sumsq
+from nnstab.watch.adapters.torch_modes import (FULLGRAPH_NOTE, ModesMixin, checkpoint_ctx, eager,
+                                               graph_breaks_allowed, in_backward, unwrap_compiled)
 from nnstab.watch.tape import SAMPLE_SIZE, sample_stride
 
-HALVES = (torch.float16, torch.bfloat16)
+_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+_graph_task_id = torch._C._current_graph_task_id
 
 RELU_TYPES = (nn.ReLU, nn.ReLU6)
 SIGMOID_TYPES = (nn.Sigmoid,)
@@ -74,7 +81,7 @@ def _tensors(x, depth=0):
             yield from _tensors(v, depth + 1)
 
 
-class TorchAdapter(BaseAdapter):
+class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
     framework = "torch"
     SENTINELS = True
 
@@ -83,10 +90,13 @@ class TorchAdapter(BaseAdapter):
         self.float_in, self.float_out = [], []   # per layer: known to take / give floating tensors
         self.held = []                           # gradients held back until the step's end (sentinel mode)
         self._own = None                         # layer -> its own parameters (for the sentinels)
+        self._reset_checkpoints()
+        self._wrappers = {}                      # id(module) -> the OptimizedModule wrapping it (torch.compile)
 
     # -- the model ---------------------------------------------------------------------------
     def _modules(self):
-        return list(self.model.named_modules())
+        modules, self._wrappers = unwrap_compiled(self.model.named_modules())   # the user's names, compiled or not
+        return modules
 
     def accelerated(self):
         for p in self.model.parameters():
@@ -106,15 +116,51 @@ class TorchAdapter(BaseAdapter):
         conv = isinstance(module, CONV_TYPES)
         self.float_in.append(isinstance(module, FLOAT_IN_OUT))
         self.float_out.append(isinstance(module, FLOAT_IN_OUT))
+        where = f"forward hook of {self.names[idx] or 'the model'!r}"
+
+        def run(mod, inputs, output):
+            if self.active and self.tape is not None and idx not in self.disabled:
+                try:   # measurements work on detached tensors: nothing enters the autograd graph
+                    if in_backward():                  # a checkpoint recomputing its segment
+                        self.recomputed(idx, role, inputs, output)
+                    elif torch.is_grad_enabled():
+                        if self.defer:                 # host tensors: noted now, recorded as the forward ends
+                            hint = (output._version, output.grad_fn) if type(output) is Tensor else None
+                            self.pending.append((idx, role, units, conv, inputs, output, hint))
+                            if idx == 0 or idx in self.modified_layers:
+                                self.link_pending()
+                        else:
+                            self.record_forward(idx, role, units, conv, inputs, output)
+                    else:                              # no_grad: an evaluation, or a reentrant checkpoint
+                        ctx = checkpoint_ctx(backward=False)
+                        if ctx is not None:
+                            self.checkpointed(ctx, idx, role, units, conv, inputs, output)
+                except Exception as exc:   # never into training
+                    self.fail(where, exc, idx)
+
+        run_eagerly = []                 # run, as dynamo sees it: made when first traced (it imports dynamo)
+        note = self.pending.append       # the common case, kept short: it runs between two layers
 
         def hook(mod, inputs, output):
-            if self.active and self.tape is not None and torch.is_grad_enabled() and idx not in self.disabled:
-                try:   # measurements work on detached tensors: nothing enters the autograd graph
-                    self.record_forward(idx, role, units, conv, inputs, output)
-                except Exception as exc:   # never into training
-                    self.fail(f"forward hook of {self.names[idx] or 'the model'!r}", exc, idx)
+            if _compiling():                           # dynamo is tracing this call
+                if graph_breaks_allowed():             # end the graph here, run the hook on real tensors
+                    if not run_eagerly:
+                        run_eagerly.append(eager(run))
+                    return run_eagerly[0](mod, inputs, output)
+                self.notes.add(FULLGRAPH_NOTE)          # fullgraph=True: not seen inside the graph
+                return None
+            if self.noting and _graph_task_id() == -1 and _grad_enabled() and idx not in self.disabled:
+                note((idx, role, units, conv, inputs, output,
+                      (output._version, output.grad_fn) if type(output) is Tensor else None))
+                if idx == 0 or idx in self.modified_layers:
+                    self.link_pending()
+                return None
+            return run(mod, inputs, output)
 
-        return module.register_forward_hook(hook)
+        target = self._wrappers.get(id(module), module)  # a compiled module's hooks go on its wrapper
+        if getattr(module, "inplace", False) is True:  # ReLU(inplace=True) & co: look at the input first
+            self.handles.append(target.register_forward_pre_hook(self._before_inplace))
+        return target.register_forward_hook(hook)
 
     def floats(self, x, layer, inputs=False):
         if type(x) is tuple and len(x) == 1:
@@ -153,7 +199,7 @@ class TorchAdapter(BaseAdapter):
 
     def _range(self, tape, layer, t):
         x = t.detach()
-        tape.add(T.RANGE, layer, t.dtype, (_now(x.amin()), _now(x.amax())))
+        tape.add(T.RANGE, layer, t.dtype, _min_max(x))
 
     def _sample(self, tape, layer, t, role, pass_id=None):
         x = t.detach().reshape(-1)
@@ -184,116 +230,6 @@ class TorchAdapter(BaseAdapter):
             d = x - 0.5 if kind == "sigmoid" else x
             tape.add(T.SAT, layer, t.dtype, vectors=((d * d).mean(dims, dtype=torch.float32),), aux=kind)
 
-    # -- backward --------------------------------------------------------------------------------
-    def _watch_grad(self, tape, layer, t, rec, owner):
-        pass_id = tape.pass_id
-        node = t.grad_fn
-        if node is None:
-            if t.requires_grad:               # a leaf (an input that requires grad): a tensor hook sees it
-                t.register_hook(lambda g: self._on_grad(tape, layer, rec, pass_id, owner, g))
-            return
-        k = t.output_nr                       # a pre-hook on the node that made t: cheaper than a tensor hook,
-        node.register_prehook(                # and it goes away with the step's graph
-            lambda grads: self._on_grad(tape, layer, rec, pass_id, owner, grads[k]))
-
-    def _on_grad(self, tape, layer, rec, pass_id, owner, g):
-        if g is None or not self.active or tape.svals is not None or owner in self.disabled:
-            return
-        try:
-            if self.sentinels and tape is self.tape and not tape.plan.layers:
-                # a gradient nearest the model's inputs (a sink) is looked at now, while it is in
-                # cache — or, for a layer whose own parameter gradients are smaller, those at the
-                # step's end; every other one is held, to be measured only if a sink is not finite
-                sink = not self.upstream_compute(tape, rec)
-                if sink and not self._small_layer(layer, g):
-                    self._grad(tape, layer, rec, pass_id, g)
-                self.held.append((layer, rec, pass_id, owner, g, sink))
-            else:
-                self._grad(tape, layer, rec, pass_id, g)
-        except Exception as exc:     # never into training
-            self.fail(f"gradient hook of {self.names[owner] or 'the model'!r}", exc, owner)
-
-    def flush_grads(self):
-        """Sentinel mode: the sinks (gradients nearest the model's inputs, where a NaN/inf made anywhere
-        in backward flows on to) decide; every held gradient is measured only when a sink is not finite."""
-        held, self.held = self.held, []
-        tape = self.tape
-        if not held or tape is None:
-            return
-        healthy = True
-        for layer, rec, pass_id, owner, g, sink in held:
-            tape.passes_with_grad.add(pass_id)         # these passes had a backward, measured or not
-            if not sink:
-                continue
-            if rec.grad_meas is not None:              # measured in the hook
-                v = tape.scalars[tape.meas[rec.grad_meas].s0]
-                healthy &= v - v == 0
-            else:                                      # through the layer's own (smaller) parameter gradients
-                small = self._small_sentinel(layer)
-                healthy &= all(_sumsq_finite(q) for q in small) if small else _sumsq_finite(g)
-        if healthy:
-            return
-        order = {}                                     # gradient Meas -> its place in backward
-        for k, (layer, rec, pass_id, owner, g, sink) in enumerate(held):
-            i = rec.grad_meas if rec.grad_meas is not None else self._measure(tape, layer, rec, pass_id, owner, g)
-            if i is not None:
-                order[i] = k
-        tape.grad_events.sort(key=lambda i: order.get(i, -1))   # backward's own order, for the origin
-
-    def _layer_params(self, layer):
-        if self._own is None:
-            self._own = {k: ps for k, ps in self._param_lists()}
-        return self._own.get(layer, ())
-
-    def _small_layer(self, layer, g) -> bool:
-        """Whether `layer`'s own parameters hold fewer values than g (a convolution's kernel next to its
-        output): their gradients, computed by backward from g, are then the cheaper sentinel."""
-        if layer is None:
-            return False
-        n = sum(p.numel() for p in self._layer_params(layer) if p.requires_grad)
-        return 0 < n < g.numel()
-
-    def _small_sentinel(self, layer):
-        """The gradients of `layer`'s own parameters (NaN/inf when the gradient they came from is)."""
-        return [p.grad for p in self._layer_params(layer) if p.requires_grad and p.grad is not None
-                and not p.grad.is_sparse]
-
-    def _measure(self, tape, layer, rec, pass_id, owner, g):
-        if owner in self.disabled:
-            return None
-        try:
-            return self._grad(tape, layer, rec, pass_id, g)
-        except Exception as exc:
-            self.fail(f"gradient hook of {self.names[owner] or 'the model'!r}", exc, owner)
-            return None
-
-    def _grad(self, tape, layer, rec, pass_id, g):
-        # activations' gradients are dense floating tensors of the activation's dtype
-        if g.requires_grad:     # create_graph=True: keep the measurement out of the double-backward graph
-            g = g.detach()
-        dtype = g.dtype
-        if self.on_cpu and dtype is torch.float32:
-            v = g.reshape(-1)
-            ss = torch.dot(v, v).item()
-            if ss - ss != 0:
-                ss = _sumsq(g)
-            n = v.shape[0]
-        elif g.is_sparse or not g.is_floating_point():
-            return
-        else:
-            ss = _sumsq(g)
-            n = g.numel()
-        i = tape.add(T.GRAD, layer, dtype, (ss,), trec=rec, pass_id=pass_id, aux=n)
-        rec.grad_meas = i
-        tape.grad_events.append(i)
-        tape.passes_with_grad.add(pass_id)
-        if layer is not None:
-            if tape.plan.range:
-                tape.add(T.GRAD_RANGE, layer, g.dtype, (_now(g.amin()), _now(g.amax())), pass_id=pass_id)
-            if tape.plan.under:
-                self._sample(tape, layer, g, "grad", pass_id)
-        return i
-
     # -- the step's end --------------------------------------------------------------------------
     def _param_lists(self):
         """[(layer, its own parameters)] for layers that have any, listed once: the tree does not change."""
@@ -313,6 +249,14 @@ class TorchAdapter(BaseAdapter):
                 grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
                 norms = [_sumsq(p) for p in params] + [_sumsq(g) for g in grads]
                 tape.add(T.PARAM, k, params[0].dtype, norms, aux=(len(params), len(grads), only is not None))
+
+    def begin(self, step, plan):
+        self._reset_checkpoints()
+        return super().begin(step, plan)
+
+    def end(self, loss=None, scaler_state=None):
+        self._reset_checkpoints()
+        return super().end(loss, scaler_state)
 
     def check_loss(self, loss):
         if isinstance(loss, torch.Tensor):
@@ -377,11 +321,6 @@ def _gather(scalars, vectors):
     return svals, vals
 
 
-def _now(s):
-    """A 0-d result as a float when it lives on the CPU (reading it costs a memory load), else the tensor."""
-    return s.item() if s.device.type == "cpu" else s
-
-
 def _sum(x):
     """sum(x), NaN/inf exactly when a value of x is: a float on the CPU, a float64 device tensor elsewhere.
 
@@ -398,30 +337,4 @@ def _sum(x):
         s = x.double().sum().item()
     if s != s and bool(torch.isinf(x).any()):
         s = math.inf          # +inf and -inf summed to NaN: values overflowed (NaN may follow from them)
-    return s
-
-
-def _sumsq_finite(g) -> bool:
-    s = _sumsq(g)
-    return s - s == 0
-
-
-def _sumsq(x):
-    """sum(x**2) in one pass (a BLAS dot on the CPU), NaN/inf exactly when a value of x is; as _sum."""
-    x = x.detach()
-    if x.dtype is torch.float32 and x.is_contiguous() and x.device.type == "cpu":
-        v = x.view(-1)
-        s = torch.dot(v, v).item()
-        if s - s == 0:
-            return s
-    if x.device.type != "cpu":
-        return torch.linalg.vector_norm(x, dtype=torch.float64).square()
-    v = x.reshape(-1)
-    if x.dtype in HALVES:
-        s = torch.linalg.vector_norm(v, dtype=torch.float32).item() ** 2
-    else:
-        s = torch.dot(v, v).item()
-    if math.isinf(s):
-        v = v.double()
-        s = torch.dot(v, v).item()
     return s

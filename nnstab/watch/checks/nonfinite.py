@@ -59,10 +59,11 @@ class NonfiniteCheck(Check):
             return [self._streak]
         step = view.step + o.step_offset
         self._streak = self.finding(o.layer, step, o.phase, "error", o.value, _limit(o.dtype),
-                                    self._message(o, step), dtype=o.dtype, source=o.source, via=o.via)
+                                    self._message(o, step, bool(view.output_layers)), dtype=o.dtype,
+                                    source=o.source, via=o.via)
         return [self._streak]
 
-    def _message(self, o, step):
+    def _message(self, o, step, outputs_seen=True):
         what = "inf" if o.inf else "NaN"
         where = self.describe(o.layer)
         if o.phase == "forward" and o.source == "params":
@@ -80,6 +81,10 @@ class NonfiniteCheck(Check):
                     f"log or sqrt of a negative, 0/0, or non-finite parameters); check its parameters and the "
                     f"domain of its operations")
         if o.phase == "loss":
+            if not outputs_seen:    # modules inside a torch.compile(fullgraph=True) graph, or a failed hook
+                return (f"the loss was {what} at step {step}; the model's outputs were not seen in that step "
+                        f"(modules inside a torch.compile(fullgraph=True) graph, or a hook that failed), so the "
+                        f"NaN/inf may have begun anywhere in the model or in the loss")
             return (f"the loss was {what} at step {step} while the model's outputs were finite; use a stable loss "
                     f"(cross_entropy on logits, binary_cross_entropy_with_logits) or keep its inputs in range")
         if o.phase == "backward" and o.source == "loss":
