@@ -26,7 +26,9 @@ class Report:
 
     def __init__(self, records, *, notes=()):
         self.records = [dict(r) for r in records]
-        self.notes = list(notes)  # what a reader should know about the log itself (e.g. cut short)
+        # what a reader should know: what the monitor could not see, then about the log itself (e.g. cut short)
+        self.notes = [r["message"] for r in self.records if r.get("type") == "note" and r.get("message")]
+        self.notes += list(notes)
         headers = [r for r in self.records if r.get("type") == "header"]
         ends = [r for r in self.records if r.get("type") == "end"]
         self.header = headers[0] if headers else {}

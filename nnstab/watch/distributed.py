@@ -72,7 +72,7 @@ def merge_logs(paths, *, out=None) -> list[dict]:
     header["rank"] = None
     header["ranks"] = [rank for rank, _ in runs]
     header["world_size"] = max(header.get("world_size") or 0, len(runs))
-    steps, findings, ends = [], [], []
+    steps, findings, ends, notes = [], [], [], []
     offset = 0
     for rank, records in runs:
         ids = [r["id"] for r in records if r.get("type") == "finding" and isinstance(r.get("id"), int)]
@@ -80,6 +80,8 @@ def merge_logs(paths, *, out=None) -> list[dict]:
             kind = r.get("type")
             if kind == "step":
                 steps.append({**r, "rank": rank})
+            elif kind == "note" and all(n.get("message") != r.get("message") for n in notes):
+                notes.append(dict(r))   # the same limitation on every rank is said once
             elif kind in ("finding", "finding_update"):
                 moved = {**r, "id": r["id"] + offset} if isinstance(r.get("id"), int) else dict(r)
                 if kind == "finding" and moved.get("rank") is None:
@@ -93,7 +95,7 @@ def merge_logs(paths, *, out=None) -> list[dict]:
     # a finding_update must follow its finding; ordering findings by first step keeps the merged log readable
     first = {r["id"]: (r.get("step", 0), r.get("rank") or 0) for r in findings if r.get("type") == "finding"}
     findings.sort(key=lambda r: (first.get(r.get("id"), (0, 0)), r.get("type") == "finding_update"))
-    merged = [header, *steps, *findings, _merged_end(ends, [rank for rank, _ in runs])]
+    merged = [header, *notes, *steps, *findings, _merged_end(ends, [rank for rank, _ in runs])]
     if out is not None:
         Path(out).unlink(missing_ok=True)   # the logs were read above: a rerun replaces the merged log
         log = JsonlLog(out)

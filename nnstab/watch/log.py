@@ -8,6 +8,8 @@ Record types (every record is a dict with "type"; schema_version 1):
   finding  Finding.to_dict() plus "type" and "id" (0, 1, ... in the order findings were made), written once
   finding_update  id, count, last_step: later repeats folded into finding `id` (written when the count reaches
            2, 4, 8, ... and once more when the monitor closes); the last update of an id holds its totals
+  note     step, message: something the monitor cannot see in this run (e.g. the modules inside a
+           torch.compile(fullgraph=True) graph), written once when first known
   end      status ("ok" | "exception" | "interrupted" | "killed"), error, steps, time
 
 Per-layer statistics of a step record (each optional; absent when not measured that step). On the CPU,

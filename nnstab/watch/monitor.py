@@ -100,6 +100,7 @@ class Monitor:
         self._written_count = {}  # finding index -> count last written to the records
         self._last_seen = {}      # finding index -> last step it was seen
         self._records: list[dict] = []
+        self._notes_written = set()   # adapter notes already in the records
         self._log = None
         layers = self.adapter.layers()
         self._ctx = Context(self.adapter.framework, layers, self.adapter.accelerated())
@@ -212,6 +213,7 @@ class Monitor:
                 self._pending.append(partial)
             self._flush(partial_last=partial is not None)
             self._add_lint(lint_tail)
+            self._write_notes()
             self._write_updates(final=True)
             self._record({"type": "end", "status": status, "error": error, "steps": self._step,
                           "time": time.perf_counter() - self._t0})
@@ -294,6 +296,7 @@ class Monitor:
         if self._linter is not None:
             self._add_lint(self._linter.read())   # the same steps' formulas: one transfer for all
         self._report_adapter_errors()
+        self._write_notes()
         self._write_updates()
         self._flush_log()
 
@@ -349,6 +352,12 @@ class Monitor:
         (the step's calls stay in details["observed"] and the message)."""
         for f in found:
             self._add(dataclasses.replace(f, count=1, last_step=None), f.step)
+
+    def _write_notes(self):
+        """A "note" record for each new thing the adapter says it cannot see (e.g. inside a fullgraph compile)."""
+        for text in sorted(set(self.adapter.notes) - self._notes_written):
+            self._notes_written.add(text)
+            self._record({"type": "note", "step": self._step, "message": text})
 
     def _write_updates(self, final=False):
         """finding_update records for folded findings: at counts 2, 4, 8, ... and, at close, the totals."""

@@ -71,7 +71,7 @@ def test_compiled_model_is_watched_as_the_plain_one(order, backend):
     assert (first.kind, first.layer, first.step, first.phase) == ("nonfinite", "2", 2, "forward"), str(first)
     assert findings(mon) == findings(plain)
     assert layer_stats(mon) == layer_stats(plain)
-    assert not mon.adapter.notes
+    assert not mon.adapter.notes and not [r for r in mon.records if r["type"] == "note"]
 
 
 def test_healthy_compiled_run_gives_no_warning():
@@ -96,6 +96,11 @@ def test_fullgraph_compile_runs_and_says_what_it_cannot_see():
     assert any("fullgraph" in note for note in mon.adapter.notes)
     first = mon.findings[0]
     assert (first.kind, first.layer, first.step, first.phase) == ("nonfinite", "", 2, "forward"), str(first)
+    notes = [r for r in mon.records if r["type"] == "note"]    # the limitation reaches the log and the report
+    assert len(notes) == 1 and "fullgraph" in notes[0]["message"]
+    report = mon.report()
+    assert "fullgraph" in report.to_markdown() and "fullgraph" in report.to_html()
+    assert any("fullgraph" in n for n in json.loads(report.to_json())["notes"])
 
 
 def test_close_leaves_the_compiled_model_as_it_was():

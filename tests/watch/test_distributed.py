@@ -76,9 +76,10 @@ def test_rank_0_sees_the_nan_only_through_the_gradient_all_reduce(ddp_run):
     assert all(f.phase == "update" for f in own if f.step == NAN_STEP)   # no forward/backward NaN of its own
 
 
-def _log(path, rank, findings, updates=(), end="ok"):
+def _log(path, rank, findings, updates=(), end="ok", notes=()):
     records = [{"type": "header", "schema_version": 1, "framework": "torch", "model": "M", "layers": [],
                 "options": {}, "rank": rank, "world_size": 2}]
+    records += [{"type": "note", "step": 0, "message": text} for text in notes]
     records += [{"type": "step", "step": s, "loss": 1.0, "time": 0.1 * s, "layers": {}, "rank": rank}
                 for s in range(4)]
     for k, (step, layer) in enumerate(findings):
@@ -103,6 +104,13 @@ def test_merge_renumbers_ids_keeps_ranks_and_takes_the_worst_end(tmp_path):
     assert report.first_nonfinite.layer == "b"
     assert report.status == "killed"             # rank 1's log has no end record
     assert [(r["step"], r["rank"]) for r in merged if r["type"] == "step"][:3] == [(0, 0), (0, 1), (1, 0)]
+
+
+def test_merge_says_each_note_once(tmp_path):
+    _log(tmp_path / "log.rank0.jsonl", 0, [], notes=["not seen inside the graph"])
+    _log(tmp_path / "log.rank1.jsonl", 1, [], notes=["not seen inside the graph", "only on rank 1"])
+    report = Report(merge_logs(tmp_path))
+    assert report.notes == ["not seen inside the graph", "only on rank 1"]
 
 
 def test_names_of_files_and_a_merge_of_nothing(tmp_path):
