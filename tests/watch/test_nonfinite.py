@@ -154,3 +154,32 @@ def test_numpy_backward_origin(tools):
     mon = tools.numpy_train(model, steps=2)
     f = tools.first(mon, "nonfinite")
     assert (f.layer, f.step, f.phase) == ("1", 0, "backward")
+
+
+class Reciprocal(nn.Module):
+    def forward(self, x):
+        return 1.0 / x
+
+
+@pytest.mark.parametrize("last", [nn.LogSoftmax(1), nn.ReLU()])
+def test_a_model_ending_in_a_pass_through_module_still_has_its_outputs_looked_at(last):
+    # the model's output is the pass-through module's; its finiteness is that of the layer before it
+    from nnstab import watch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), Reciprocal(), nn.Linear(4, 3), last)
+    mon = watch(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(4):
+        if step == 2:      # a zero first layer: 1 / 0 = inf in '1' on this step
+            with torch.no_grad():
+                model[0].weight.zero_()
+                model[0].bias.zero_()
+        loss = model(torch.randn(8, 4)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss)
+    mon.close()
+    first = next(f for f in mon.findings if f.kind == "nonfinite")
+    assert (first.layer, first.step, first.phase) == ("1", 2, "forward"), str(first)

@@ -247,18 +247,20 @@ class BaseAdapter:
         if not later or tape is None:
             return
         plan = tape.plan
-        if self.sentinels and not plan.layers and model_outputs is not None:
-            outs = {id(rec) for rec in model_outputs}
+        # the model's outputs by their measurement: an output of a pass-through module (LogSoftmax, ReLU
+        # last) carries the measurement of the COMPUTE output it came from, which is the one to look at
+        outs = {rec.meas for rec in model_outputs or ()}
+        if self.sentinels and not plan.layers and model_outputs is not None and None not in outs:
             healthy = True
             for idx, what, x, rec, t in later:
-                if what is None and id(rec) in outs:
+                if what is None and rec.meas in outs:
                     healthy &= self._fill_noted(tape, idx, rec, t)
             if healthy:
                 for idx, what, x, rec, t in later:
                     if what is None:
                         m = tape.meas[rec.meas]
                         if rec.state is EARLY:                 # looked at already; recorded as the rest
-                            if id(rec) not in outs:
+                            if rec.meas not in outs:
                                 m.what = SKIPPED
                                 tape.scalars[m.s0] = 0.0
                             continue
