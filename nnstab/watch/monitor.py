@@ -130,6 +130,7 @@ class Monitor:
 
             try:
                 self._replay = replay_package.make(model, self.adapter.framework, self._replay_mode)
+                self._replay.replayer.suspect = self._step_suspect
             except BaseException:
                 self._detach()
                 raise
@@ -165,6 +166,15 @@ class Monitor:
         self.adapter.begin(self._step, self._plan(self._step))
         if len(self._pending) >= self.every:
             self._flush()
+
+    def _step_suspect(self) -> bool:
+        """Whether the step recorded so far (its forward and backward) holds a NaN/inf: asked by a lazy
+        replay snapshot just before the optimiser updates the parameters (the CPU only: no device read)."""
+        tape = self.adapter.tape
+        if tape is None:
+            return False
+        self.adapter.flush_grads()      # backward is over: the held gradients' sentinels are looked at now
+        return self._replay.nonfinite(tape, None, note_loss=False)
 
     @property
     def findings(self) -> list[Finding]:

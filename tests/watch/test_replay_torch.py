@@ -198,7 +198,52 @@ def test_a_healthy_run_never_replays():
     mon.close()
     assert not [f for f in mon.findings if f.kind == "nonfinite"]
     assert mon._replay.runs == 0 and mon._replay.replayer.snapshot.taken == 5
+    # the parameters were copied for step 0 only: from then on torch.optim's pre-step hook copies them, and
+    # only when the step so far holds a NaN/inf
+    assert mon._replay.replayer.snapshot.copies == 1
     assert mon.records[0]["options"]["replay"] == "device"
+
+
+def test_the_parameters_are_copied_on_the_broken_step_only():
+    torch.manual_seed(0)
+    model = Net(LogSoftmaxHead())
+    mon = watch(model, replay=True)
+    train(model, break_it=big_scale, monitor=mon)
+    mon.close()
+    f, r = replayed(mon)
+    assert (f.step, r["op"]) == (3, "aten::log")
+    assert mon._replay.replayer.snapshot.copies == 2             # step 0, and step 3 before its update
+
+
+def sgd_by_hand(model, lr=0.05):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+
+
+class HandOptimiser:
+    """Updates written by hand, not through torch.optim: no step hook sees them."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+    def step(self):
+        sgd_by_hand(self.model)
+
+
+def test_updates_by_hand_keep_the_copy_before_every_step_and_still_replay():
+    torch.manual_seed(0)
+    model = Net(LogSoftmaxHead())
+    mon = watch(model, replay=True)
+    train(model, break_it=big_scale, monitor=mon, opt=HandOptimiser(model))
+    mon.close()
+    f, r = replayed(mon)
+    assert (f.step, r["status"], r["op"], r["module"]) == (3, "found", "aten::log", "head")
+    assert mon._replay.replayer.snapshot.copies == 4             # steps 0-3, each before its update
 
 
 def test_a_nan_made_in_the_loss_is_said_to_come_from_outside_the_model():

@@ -47,7 +47,7 @@ class Replay:
     def runs(self) -> int:
         return self.replayer.runs
 
-    def nonfinite(self, tape, loss=None) -> bool:
+    def nonfinite(self, tape, loss=None, note_loss=True) -> bool:
         """Whether the step just recorded saw a NaN/inf (checked now, while its snapshot is the latest)."""
         if not self.armed or tape is None:
             return False
@@ -55,7 +55,7 @@ class Replay:
             bad = tape_nonfinite(tape)
         except Exception:          # never into training: the step is then checked when it is read, as usual
             return False
-        if bad:
+        if bad and note_loss:
             self.replayer.loss = loss
         return bad
 

@@ -1,9 +1,13 @@
 """What a torch model's step is replayed from: the state before its first forward, kept for the latest step only.
 
 Taken by a forward pre-hook on the watched (root) model at its first grad-enabled forward of a step:
-  parameters   copied into storage allocated once (one fused copy per device per step: no allocation);
-               on the model's device (replay="device") or in host memory (replay="host", pinned under CUDA);
-               frozen ones (requires_grad=False) are referenced, not copied: no optimiser updates them;
+  parameters   copied into storage allocated once (one fused copy per device: no allocation), on the
+               model's device (replay="device") or in host memory (replay="host", pinned under CUDA);
+               frozen ones (requires_grad=False) are referenced, not copied: no optimiser updates them.
+               `lazy` (CPU models updated by a torch.optim optimiser): the copy waits for the optimiser's
+               step pre-hook and is made only when the step so far holds a NaN/inf — on a healthy step the
+               parameters are never copied (the copy and the cache it evicts cost ~15% of a small MLP's
+               step); a step with no update leaves the live parameters as the snapshot;
   buffers      cloned (BatchNorm running statistics: small), so the replay starts from the same values;
   per forward  the root's args/kwargs (detached references, not copies), the RNG state (CPU, and every
                CUDA device when CUDA is in use), the autocast state, the module train/eval flags, and,
@@ -51,11 +55,27 @@ class TorchSnapshot:
         self._list = None          # [(name, parameter)], re-listed every RELIST_EVERY steps
         self._pairs = {}           # device -> (copies, parameters) for one fused copy each
         self._modules = None
+        self.lazy = False          # copy the parameters only when the optimiser is about to change them
+        self.copied = False        # this step's parameters are in self.params
+        self.copies = 0            # parameter copies made (tests and the overhead bench read it)
+        self._versions = None      # the parameters' version counters at the step's first forward
 
     def begin(self, step: int):
-        """The first forward of `step`: copy the parameters and buffers."""
+        """The first forward of `step`: copy the parameters (unless lazy) and the buffers."""
         if self._list is None or step % RELIST_EVERY == 0:
             self._relist()
+        self.copied = False
+        if not self.lazy:
+            self.copy_params()
+        self._versions = [p._version for _, p in self._list]
+        with torch.no_grad():
+            self.buffers = {n: b.clone() for n, b in self.model.named_buffers() if b is not None}
+        self.passes = []
+        self.step = step
+        self.taken += 1
+
+    def copy_params(self):
+        """Copy the parameters as they are now (before this step's update) into the snapshot."""
         with torch.no_grad():
             try:
                 for dst, src in self._pairs.values():
@@ -69,10 +89,25 @@ class TorchSnapshot:
                 for dst, src in self._pairs.values():
                     for d, s in zip(dst, src):
                         d.copy_(s)
-            self.buffers = {n: b.clone() for n, b in self.model.named_buffers() if b is not None}
-        self.passes = []
-        self.step = step
-        self.taken += 1
+        self.copied = True
+        self.copies += 1
+
+    def updated(self) -> bool:
+        """Whether a parameter was changed in place since the step's first forward (an update)."""
+        return self._versions is not None and any(p._version != v for (_, p), v in zip(self._list, self._versions))
+
+    def step_params(self) -> dict:
+        """name -> the parameters this step started from: the copy, or, when no copy was made and nothing
+        changed them since, the live parameters themselves (a ValueError when they were updated uncopied)."""
+        if self.copied:
+            return self.params
+        if self.updated():
+            raise ValueError("the parameters were updated before the snapshot copied them (an update "
+                             "outside torch.optim's step); watch with replay on from the step before")
+        return {name: p.detach() for name, p in self._list}
+
+    def on_cpu(self) -> bool:
+        return all(p.device.type == "cpu" for _, p in self._list or ())
 
     def add_pass(self, args, kwargs):
         """A forward of the step (its inputs, RNG and modes); None once MAX_PASSES are kept."""

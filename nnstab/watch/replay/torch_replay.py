@@ -46,6 +46,9 @@ class TorchReplayer:
         self.broken = None         # why the snapshots stopped, if a hook failed
         self.stopped = False
         self._optimizer_hook = None
+        self._pre_step_hook = None
+        self.suspect = None        # () -> whether the step so far holds a NaN/inf (set by the monitor)
+        self._pre_stepped = False  # an optimiser of this model's parameters began a step in this step
 
     # -- hooks ------------------------------------------------------------------------------------
     def start(self):
@@ -56,6 +59,7 @@ class TorchReplayer:
             self.model.register_forward_hook(self._post),
         ]
         self._optimizer_hook = optim_module.register_optimizer_step_post_hook(self._stepped)
+        self._pre_step_hook = optim_module.register_optimizer_step_pre_hook(self._before_update)
         self._params = None
         return self
 
@@ -75,6 +79,9 @@ class TorchReplayer:
         if self._optimizer_hook is not None:
             self._optimizer_hook.remove()
             self._optimizer_hook = None
+        if self._pre_step_hook is not None:
+            self._pre_step_hook.remove()
+            self._pre_step_hook = None
 
     def _pre(self, module, args, kwargs):
         if self.broken is not None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
@@ -97,6 +104,27 @@ class TorchReplayer:
                 self._broke("watching the outputs' gradients", exc)
         return None
 
+    def _before_update(self, optimizer, args, kwargs):
+        """An optimiser is about to update: a lazy snapshot copies this model's parameters now if the step
+        so far (forward and backward) holds a NaN/inf; a healthy step's parameters are never copied."""
+        if self.stopped or self.broken is not None:
+            return
+        try:
+            if not self._updates_model(optimizer):
+                return
+            self._pre_stepped = True
+            snap = self.snapshot
+            if snap.lazy and not snap.copied and snap.step == self.step and self.suspect is not None \
+                    and self.suspect():
+                snap.copy_params()
+        except Exception as exc:
+            self._broke("copying the parameters before the update", exc)
+
+    def _updates_model(self, optimizer) -> bool:
+        if self._params is None:
+            self._params = {id(p) for p in self.model.parameters()}
+        return any(id(p) in self._params for g in optimizer.param_groups for p in g["params"])
+
     def _stepped(self, optimizer, args, kwargs):
         if self.stopped:
             return
@@ -114,7 +142,16 @@ class TorchReplayer:
         self.snapshot.passes = []
 
     def stepped(self, step: int):
-        """monitor.step() ended step `step - 1`: the next forward takes a new snapshot."""
+        """monitor.step() ended step `step - 1`: the next forward takes a new snapshot. Lazy copies from now
+        on when this model lives on the CPU and its update came through a torch.optim step (whose pre-hook
+        copies when needed); eager ones when its parameters changed without one (updates by hand). On an
+        accelerator the copy stays eager: it is cheap there, and deciding would cost a synchronisation."""
+        snap = self.snapshot
+        if self._pre_stepped:
+            snap.lazy = snap.on_cpu()
+        elif snap.updated():
+            snap.lazy = False
+        self._pre_stepped = False
         self.step = step
 
     # -- the replay ---------------------------------------------------------------------------------
@@ -148,7 +185,7 @@ class TorchReplayer:
             try:
                 finder = Finder(tracker)
                 params = {}
-                for name, copy in snap.params.items():
+                for name, copy in snap.step_params().items():
                     name = name[len(prefix):] if name.startswith(prefix) else name
                     t = copy.to(device.get(prefix + name, copy.device), non_blocking=True) if self.snapshot.host \
                         else copy
@@ -232,8 +269,9 @@ class TorchReplayer:
             grads = [params[n].grad for n in bad if params[n].grad is not None]
             if grads:
                 d["grads_finite"] = all(bool(torch.isfinite(g).all()) for g in grads)
-            d["before_finite"] = all(bool(torch.isfinite(self.snapshot.params[n]).all())
-                                     for n in bad if n in self.snapshot.params)
+            if self.snapshot.copied:
+                d["before_finite"] = all(bool(torch.isfinite(self.snapshot.params[n]).all())
+                                         for n in bad if n in self.snapshot.params)
         return d
 
 
