@@ -107,8 +107,10 @@ def _replay(p) -> str:
     where = f" at <code>{_e(p['source'])}</code>" if p["source"] else ""
     code = f"<pre><code>{_e(p['code'])}</code></pre>" if p["code"] else ""
     inputs = f"<div class=\"meta\">inputs: {_e(p['inputs'])}</div>" if p["inputs"] else ""
+    fix = (f"<div>It is {_e(p['formula'])}: use <code>{_e(p['replacement'])}</code> instead.</div>"
+           if p.get("replacement") else "")
     return (f'<div class="alert" id="replay"><strong>Replayed to the operation</strong>: <code>{_e(p["op"])}</code> in '
-            f'<code>{_e(p["module"])}</code> ({_e(p["phase"])}){where}{code}{inputs}</div>')
+            f'<code>{_e(p["module"])}</code> ({_e(p["phase"])}){where}{code}{inputs}{fix}</div>')
 
 
 def _summary(report, s) -> list[str]:

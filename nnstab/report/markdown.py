@@ -116,7 +116,8 @@ def replay_parts(finding) -> dict | None:
                        f", {i.get('zeros', 0)} zeros, {i.get('nonfinite', 0)} non-finite"
                        for i in (r.get("inputs") or [])[:4])
     return {"op": r["op"], "module": r.get("module") or "<model>", "phase": r.get("phase") or "",
-            "source": r.get("source"), "code": r.get("code"), "inputs": inputs}
+            "source": r.get("source"), "code": r.get("code"), "inputs": inputs,
+            "replacement": r.get("replacement"), "formula": r.get("formula")}
 
 
 def replay_text(finding) -> str:
@@ -131,6 +132,8 @@ def replay_text(finding) -> str:
         text += f": `{_cell(p['code'])}`"
     if p["inputs"]:
         text += f" (inputs: {_cell(p['inputs'])})"
+    if p.get("replacement"):
+        text += f". It is {_cell(p['formula'])}: use `{_cell(p['replacement'])}` instead"
     return text + "."
 
 

@@ -70,6 +70,8 @@ def render(report, color: bool | None = None, ascii: bool | None = None) -> str:
                                "error"))
             if replay["code"]:
                 lines.append(f"    {replay['code']}")
+            if replay.get("replacement"):
+                lines.append(f"    use {replay['replacement']} instead ({replay['formula']})")
     name_width = max(len(k) for k in s["by_kind"]) + 1
     unchecked = [kind for kind, k in s["by_kind"].items() if not k["checked"]]
     for kind, k in s["by_kind"].items():

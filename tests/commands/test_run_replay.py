@@ -58,6 +58,9 @@ def test_the_report_names_the_operation_module_step_and_line(nnstab_cli, tmp_pat
     assert "return torch.log(torch.softmax(self.fc(h) / self.temperature, dim=1))" in md
     assert "aten::log" in (out / "report.html").read_text()
     assert "replayed: aten::log" in r.out and f"train_head.py:{line}" in r.out
+    # and the stable replacement, in every format
+    assert "use `torch.log_softmax(x, dim)" in md and "torch.log_softmax(x, dim)" in (out / "report.html").read_text()
+    assert "use torch.log_softmax(x, dim)" in r.out
     data = json.loads((out / "report.json").read_text())
     assert data["run"]["options"]["replay"] == "device"
     assert data["end"]["status"] == "ok" and "SCRIPT RAISED" not in r.out   # the script ran to its end

@@ -96,6 +96,9 @@ def test_log_of_an_underflowed_softmax_is_replayed_to_aten_log_in_its_module_and
     assert (r["file"], r["line"]) == (file, line)
     assert r["code"].startswith("return torch.log(torch.softmax(")
     assert r["produced"] == "infinity"
+    # the replayed forward is linted too: the stable replacement is named, in the details and the message
+    assert r["formula"] == "log(softmax(x))" and "log_softmax" in r["replacement"]
+    assert f"use {r['replacement']} instead" in f.message
     [inp] = r["inputs"]                      # the softmax output: finite, with underflowed zeros
     assert inp["shape"] == [32, 4] and inp["nonfinite"] == 0 and inp["zeros"] > 0 and inp["min"] == 0.0
     assert "aten::log" in f.message and f"{line}" in f.message

@@ -128,7 +128,8 @@ def clause(r: dict) -> str:
     where = f" at {r['source']}" if r.get("source") else ""
     code = f": `{r['code']}`" if r.get("code") else ""
     produced = "inf" if r.get("produced") == "infinity" else "NaN"
-    return f" Replay: the first {produced} was made by {r['op']} in {module} ({phase}){where}{code}."
+    fix = f" It is {r['formula']}: use {r['replacement']} instead." if r.get("replacement") else ""
+    return f" Replay: the first {produced} was made by {r['op']} in {module} ({phase}){where}{code}.{fix}"
 
 
 def tape_nonfinite(tape) -> bool:

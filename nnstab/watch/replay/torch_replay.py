@@ -193,6 +193,7 @@ class TorchReplayer:
                 state = {**params, **{(n[len(prefix):] if n.startswith(prefix) else n): b.clone()
                                       for n, b in snap.buffers.items()}}
                 leaves = [t for t in params.values() if t.requires_grad]
+                finder.lint = []                 # what nnstab.lint says of the replayed forwards
                 for k, p in enumerate(snap.passes):
                     finder.pass_index = k
                     self._one_pass(eager, state, leaves, p, finder)
@@ -217,7 +218,13 @@ class TorchReplayer:
             stack.enter_context(torch.enable_grad())
             finder.phase = "forward"
             with finder:
-                out = torch.func.functional_call(eager, state, tuple(p.args), dict(p.kwargs), strict=False)
+                # the lint's mode innermost: it sees the user's calls first (the finder's frames would hide the
+                # user's line from it; its own frames are transparent to the finder) and names the stable form
+                linter = _start_linter(eager)
+                try:
+                    out = torch.func.functional_call(eager, state, tuple(p.args), dict(p.kwargs), strict=False)
+                finally:
+                    finder.lint += _close_linter(linter)
         outs, grads = [], []
         flat, _ = tree_flatten(out)
         for k, g in p.grads.items():
@@ -237,6 +244,9 @@ class TorchReplayer:
         if finder.events:
             ev = _choose(finder.events, finding)
             base.update(ev.to_dict())
+            lint = _lint_for(getattr(finder, "lint", []), base)
+            if lint is not None:
+                base["formula"], base["replacement"] = lint.details["formula"], lint.details["replacement"]
             if ev.pass_index:
                 base["pass"] = ev.pass_index
             others = [e for e in finder.events if e is not ev][:3]
@@ -273,6 +283,32 @@ class TorchReplayer:
                 d["before_finite"] = all(bool(torch.isfinite(self.snapshot.params[n]).all())
                                          for n in bad if n in self.snapshot.params)
         return d
+
+
+def _start_linter(model):
+    """nnstab.lint's Linter on the replay's model, started; None if it cannot start (the replay goes on)."""
+    try:
+        from nnstab.lint import Linter
+
+        return Linter(model).start()
+    except Exception:
+        return None
+
+
+def _close_linter(linter) -> list:
+    if linter is None:
+        return []
+    try:
+        return linter.close()
+    except Exception:
+        return []
+
+
+def _lint_for(found, event):
+    """The lint finding of the replayed forward at the failing operation's line (else in its module), if any."""
+    at_line = [f for f in found if f.details.get("file") == event.get("file") and f.details.get("line") == event.get("line")]
+    in_module = [f for f in found if f.layer == event.get("module")]
+    return (at_line or in_module or [None])[0]
 
 
 def _inner(model):
