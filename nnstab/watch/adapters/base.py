@@ -249,8 +249,9 @@ class BaseAdapter:
         plan = tape.plan
         # the model's outputs by their measurement: an output of a pass-through module (LogSoftmax, ReLU
         # last) carries the measurement of the COMPUTE output it came from, which is the one to look at
-        outs = {rec.meas for rec in model_outputs or ()}
-        if self.sentinels and not plan.layers and model_outputs is not None and None not in outs:
+        sentinel = self.sentinels and not plan.layers and model_outputs is not None
+        outs = {rec.meas for rec in model_outputs} if sentinel else set()
+        if sentinel and None not in outs:
             healthy = True
             for idx, what, x, rec, t in later:
                 if what is None and rec.meas in outs:

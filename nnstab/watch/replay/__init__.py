@@ -42,6 +42,7 @@ class Replay:
     def __init__(self, replayer):
         self.replayer = replayer
         self.armed = True          # until the run's first non-finite finding has been explained
+        self._scanned = (None, 0)  # (tape, how many of its statistics were already found finite)
 
     @property
     def runs(self) -> int:
@@ -51,10 +52,13 @@ class Replay:
         """Whether the step just recorded saw a NaN/inf (checked now, while its snapshot is the latest)."""
         if not self.armed or tape is None:
             return False
+        seen_tape, start = self._scanned
+        start = start if seen_tape is tape else 0   # a pre-update look at this step found its values finite
         try:
-            bad = tape_nonfinite(tape)
+            bad = tape_nonfinite(tape, start)
         except Exception:          # never into training: the step is then checked when it is read, as usual
             return False
+        self._scanned = (tape, 0 if bad else _settled(tape))
         if bad and note_loss:
             self.replayer.loss = loss
         return bad
@@ -132,12 +136,18 @@ def clause(r: dict) -> str:
     return f" Replay: the first {produced} was made by {r['op']} in {module} ({phase}){where}{code}.{fix}"
 
 
-def tape_nonfinite(tape) -> bool:
-    """Whether any statistic of a recorded step is NaN/inf: Python floats are looked at directly, device
-    values in one transfer (stacked)."""
+def _settled(tape) -> int:
+    """How many of the tape's statistics are final: up to its first slot still waiting for a value."""
+    scalars = tape.scalars or []
+    return next((k for k, v in enumerate(scalars) if v is None), len(scalars))
+
+
+def tape_nonfinite(tape, start: int = 0) -> bool:
+    """Whether any statistic of a recorded step, from the `start`-th on, is NaN/inf: Python floats are
+    looked at directly, device values in one transfer (stacked)."""
     torch = sys.modules.get("torch")
     device = []
-    for s in tape.scalars or ():
+    for s in (tape.scalars or ())[start:]:
         if type(s) is float:
             if s - s != 0:
                 return True
