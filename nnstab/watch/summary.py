@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnstab.watch import tape as T
-from nnstab.watch.limits import dtype_name, shares
+from nnstab.watch.limits import dtype_name, shares_many
 
 
 @dataclass
@@ -122,9 +122,14 @@ def summarize(tape: T.Tape, names: list[str], sat_slope: float, softmax_top: flo
         else:
             _accumulate(view, tape, sv, i, m, name, st, scale, sat_slope, softmax_top)
     dead, saturated = view.dead, view.saturated
+    samples = []      # (layer statistics, "act_" or "grad_", sample, dtype): their shares in one go
     for name, st in stats.items():
         if "_grad_sq" in st or "_sample_act" in st or "_sample_grad" in st or name in dead or name in saturated:
-            _finish(view, name, st)
+            _finish(view, name, st, samples)
+    if samples:
+        for (st, prefix, _, _), found in zip(samples, shares_many([(a, dtype) for _, _, a, dtype in samples])):
+            for k, v in found.items():
+                st[prefix + k] = v
     if not tape.broken and not all(map(math.isfinite, sv)):   # origins only when something is NaN/inf
         view.origins = _origins(tape, names, skip, params, view)
     elif tape.broken and view.loss is not None and not math.isfinite(view.loss):
@@ -171,8 +176,9 @@ def _absmax(mn, mx):
     return max(abs(mn), abs(mx)) if mn == mn and mx == mx else math.nan
 
 
-def _finish(view, name, st):
-    """Turn the accumulators of a layer into its step statistics."""
+def _finish(view, name, st, samples):
+    """Turn the accumulators of a layer into its step statistics; its value samples go into `samples`
+    (their underflow/overflow shares are counted for every layer at once)."""
     if "_grad_sq" in st:
         sq, n = st.pop("_grad_sq"), st.pop("_grad_n")
         st["grad_out_norm"] = math.sqrt(sq)
@@ -183,8 +189,7 @@ def _finish(view, name, st):
             sample = st.pop(key, None)
             if sample is not None:
                 dtype, parts = sample
-                for k, v in shares(parts[0] if len(parts) == 1 else np.concatenate(parts), dtype).items():
-                    st[prefix + k] = v
+                samples.append((st, prefix, parts[0] if len(parts) == 1 else np.concatenate(parts), dtype))
     dead = view.dead.get(name)
     if dead is not None and dead.size:
         st["dead_frac"] = float(np.count_nonzero(dead)) / dead.size

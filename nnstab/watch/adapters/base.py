@@ -50,6 +50,8 @@ class BaseAdapter:
         self.modified_layers: set = set()   # layers whose outputs were changed in place before the pass ended:
                                             # measured in their hook from then on (see measure_early)
         self.notes: set = set()         # what the adapter could not see (e.g. inside a fullgraph compile), once each
+        self.read_loss_now = False      # a host loss is read at the step's end (replay scans each step at once),
+                                        # else with the pending steps' statistics
 
     # -- subclasses provide ----------------------------------------------------------------------
     def _modules(self):

@@ -90,6 +90,7 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
         self.float_in, self.float_out = [], []   # per layer: known to take / give floating tensors
         self.held = []                           # gradients held back until the step's end (sentinel mode)
         self._own = None                         # layer -> its own parameters (for the sentinels)
+        self._trainable = {}                     # layer -> how many of its own values train (recounted now and then)
         self._reset_checkpoints()
         self._wrappers = {}                      # id(module) -> the OptimizedModule wrapping it (torch.compile)
 
@@ -252,6 +253,8 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
 
     def begin(self, step, plan):
         self._reset_checkpoints()
+        if step % 64 == 0:          # layers frozen or unfrozen since: a stale count only costs, never misses
+            self._trainable.clear()
         return super().begin(step, plan)
 
     def end(self, loss=None, scaler_state=None):
@@ -270,7 +273,13 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
     def _loss(self, tape, loss):
         if isinstance(loss, torch.Tensor):
             x = loss.detach()
-            return tape.add(T.LOSS, None, loss.dtype, (x.item() if x.device.type == "cpu" else x.reshape(()),))
+            if x.device.type == "cpu" and not self.read_loss_now:
+                x = x.view(()) if x.dim() else x   # read with the pending steps' other statistics: one warm
+            elif x.device.type == "cpu":            # loop of reads then, not a read between training steps
+                x = x.item()
+            else:
+                x = x.reshape(())
+            return tape.add(T.LOSS, None, loss.dtype, (x,))
         return tape.add(T.LOSS, None, "float64", (float(loss),))
 
     def _scale(self, tape, scaler_state):
@@ -279,9 +288,14 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
     def read(self, tapes):
         scalars = [s for tp in tapes for s in tp.scalars]
         vectors = [v for tp in tapes for v in tp.vectors]
-        if all(type(s) is float for s in scalars) and all(v.device.type == "cpu" for v in vectors):
-            # host tensors: CPU statistics were read as they were made, a memory load each
+        late = [k for k, s in enumerate(scalars) if type(s) is not float]
+        if all(scalars[k].device.type == "cpu" for k in late) and all(v.device.type == "cpu" for v in vectors):
+            # host tensors: CPU statistics were read as they were made, a memory load each (the losses now)
             svals, vals = scalars, [_host(v) for v in vectors]
+            if late:
+                svals = list(scalars)
+                for k in late:
+                    svals[k] = svals[k].item()
         else:
             on_device = [k for k, s in enumerate(scalars) if type(s) is not float]
             got, vals = _gather([scalars[k] for k in on_device], [v.reshape(-1) for v in vectors])

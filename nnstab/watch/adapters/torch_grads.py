@@ -91,7 +91,9 @@ class GradsMixin:
         output): their gradients, computed by backward from g, are then the cheaper sentinel."""
         if layer is None:
             return False
-        n = sum(p.numel() for p in self._layer_params(layer) if p.requires_grad)
+        n = self._trainable.get(layer)
+        if n is None:       # counted once per layer: requires_grad rarely changes (a frozen layer counts 0)
+            n = self._trainable[layer] = sum(p.numel() for p in self._layer_params(layer) if p.requires_grad)
         return 0 < n < g.numel()
 
     def _small_sentinel(self, layer):

@@ -32,7 +32,7 @@ WINDOW = 50         # steps the growth is measured over
 PATIENCE = 1        # measurements in a row for the depth test: two orders of magnitude is no wobble
 RELATIVE_PATIENCE = 1   # parameter reads in a row for the relative test (they are 10 steps apart)
 PARAMS_EVERY = 10   # parameter norms are read every 10 steps (a pass over all of them); trends need no more
-LAYERS_EVERY = 10   # every layer's output gradient is measured every 10 steps (on the CPU; every step elsewhere)
+LAYERS_EVERY = 20   # every layer's output gradient is measured every 20 steps (on the CPU; every step elsewhere)
 TINY_RMS = 1e-6     # parameters with a smaller RMS count as zero-initialised for the relative test
 
 

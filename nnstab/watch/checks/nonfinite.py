@@ -14,7 +14,7 @@ import math
 from nnstab.watch.checks.base import Check
 from nnstab.watch.limits import FORMATS
 
-PARAMS_EVERY_CPU = 10   # a pass over every parameter costs ~2% of a small CPU step; a tenth of that is noise
+PARAMS_EVERY_CPU = 10   # a pass over every parameter costs ~10% of a small CPU step; a tenth of that is noise
 
 
 class NonfiniteCheck(Check):

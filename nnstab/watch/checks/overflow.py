@@ -18,7 +18,7 @@ from nnstab.watch.checks.base import Check
 from nnstab.watch.limits import BF16_MAX, FORMATS, FP16_MAX, is_wide
 
 NEAR_FRACTION = 1 / 8   # within 3 doublings of the largest finite value: one bad step from inf
-RANGE_EVERY = 10        # min/max cost two passes per tensor; ranges drift slowly (infs are seen every step)
+RANGE_EVERY = 20        # min/max cost two passes per tensor; ranges drift slowly (infs are seen every step)
 
 
 class OverflowCheck(Check):

@@ -16,7 +16,8 @@ from nnstab.watch.checks.base import Check
 
 RATIO = 1e-3     # three orders of magnitude: the layer's updates are lost next to the top layer's
 PATIENCE = 1     # a ratio under 1e-3 is no batch-to-batch wobble; parameters are read only every 10 steps
-PARAMS_EVERY = 10  # parameter gradients are read every 10 steps (a pass over all of them); trends need no more
+PARAMS_EVERY = 10  # parameter gradients are read every 10 steps (a pass over all of them); a vanishing layer's
+                   # ratio dips under RATIO on some batches before it stays there: 20 missed such a run
 
 
 class VanishingGradientCheck(Check):
