@@ -76,11 +76,17 @@ class Comparison:
                 "ratio_q1": self.iqr[0], "ratio_q3": self.iqr[1], "pairs": len(self.ours)}
 
 
-def compare(ours, peer, *, repeat: int = 15, min_time: float = 0.05) -> Comparison:
-    """Time ours() against peer() in `repeat` interleaved pairs (see the module doc)."""
+def compare(ours, peer, *, repeat: int = 15, min_time: float = 0.05, cycle: int = 1) -> Comparison:
+    """Time ours() against peer() in `repeat` interleaved pairs (see the module doc).
+
+    `cycle`: calls per sample are rounded up to a multiple of it, for work that repeats with a period
+    (a monitor measures more on some steps than on others): every sample then holds whole periods, and
+    the ratio is that of the mean cost, not of whichever steps a short sample happened to catch."""
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
-    n_ours, n_peer = calibrate(ours, min_time), calibrate(peer, min_time)
+    if cycle < 1:
+        raise ValueError(f"cycle must be >= 1, got {cycle}")
+    n_ours, n_peer = (-(-calibrate(fn, min_time) // cycle) * cycle for fn in (ours, peer))
     a, b = [], []
     was_enabled = gc.isenabled()
     gc.disable()
@@ -135,9 +141,9 @@ def threads(n: int):
         torch.set_num_threads(before)
 
 
-def add_common_arguments(parser, quick_help: str):
+def add_common_arguments(parser, quick_help: str, repeat: int = 15):
     """The options every benchmark table shares: --repeat, --quick, --threads, --json."""
-    parser.add_argument("--repeat", type=int, default=15, help="interleaved pairs per comparison (default 15)")
+    parser.add_argument("--repeat", type=int, default=repeat, help=f"interleaved pairs per comparison (default {repeat})")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--threads", type=int, default=1, help="threads for torch and NumPy's BLAS (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")

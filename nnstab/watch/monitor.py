@@ -43,7 +43,7 @@ REPORT_FORMATS = ("md", "html", "json")    # written into log_dir when a context
 class Plan:
     """What the hooks measure during one step: the union of its scheduled checks' needs."""
 
-    __slots__ = ("range", "grads", "layers", "params", "units", "sat", "under")
+    __slots__ = ("range", "grads", "layers", "params", "pgrads", "units", "sat", "under")
 
     def __init__(self, needs):
         for name in self.__slots__:
@@ -216,7 +216,7 @@ class Monitor:
             tape = self.adapter.tape
             if status != "ok" and tape is not None and tape.calls and not tape.broken:
                 tape.plan = tape.plan.copy()
-                tape.plan.params = False      # the optimiser step never happened
+                tape.plan.params = tape.plan.pgrads = False   # the optimiser step never happened
                 partial = self.adapter.end()  # what the interrupted step recorded, as far as it got
                 partial.time = time.perf_counter() - self._t0
             lint_tail = self._linter.close() if self._linter is not None else []   # a step left open too

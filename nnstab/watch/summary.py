@@ -211,7 +211,7 @@ def _param(view, tape, sv, m, name, out):
     if at_forward:
         view.params_at_forward[name] = p_ok
         return
-    pn = math.sqrt(math.fsum(p_sq))
+    pn = math.sqrt(math.fsum(p_sq)) if n_p else math.nan    # nan: gradients alone were read (pgrads)
     g_ok = all(map(math.isfinite, g_sq))
     gn = math.sqrt(math.fsum(g_sq)) if n_g else math.nan
     if view.amp_scale and n_g and math.isfinite(view.amp_scale) and view.amp_scale > 0:
@@ -219,7 +219,8 @@ def _param(view, tape, sv, m, name, out):
     st = view.stats.get(name)
     if st is None:
         st = view.stats[name] = {}
-    st["param_norm"] = pn
+    if n_p:
+        st["param_norm"] = pn
     if n_g:
         st["param_grad_norm"] = gn
     out[name] = (pn, gn, p_ok, g_ok)

@@ -57,3 +57,32 @@ def test_numpy_deep_sigmoid_network_vanishes(tools):
 def test_healthy_relu_network_has_no_gradient_findings(tools):
     mon = tools.torch_train(deep_torch(nn.ReLU, 8), steps=11)
     assert not [f for f in mon.findings if f.kind.endswith("_gradient")], [str(f) for f in mon.findings]
+
+
+def _param_stats(mon):
+    """{step: (steps whose records hold param_norm, ... param_grad_norm)} for the first layer."""
+    rows = {r["step"]: r["layers"].get("0", {}) for r in mon.records if r["type"] == "step"}
+    return ({s for s, st in rows.items() if "param_norm" in st}, {s for s, st in rows.items() if "param_grad_norm" in st})
+
+
+def test_parameter_gradients_are_read_twice_as_often_as_the_parameters(tools):
+    # vanishing_gradient needs the gradients' norms alone (every 10 steps): half the memory traffic of
+    # reading the parameters too (every 20 steps, for exploding_gradient's relative test and the update check)
+    for mon in (tools.torch_train(deep_torch(nn.ReLU, 4), steps=41),
+                tools.numpy_train(nnn.Sequential(nnn.Dense(16, 32), nnn.ReLU(), nnn.Dense(32, 4)), steps=41)):
+        with_params, with_grads = _param_stats(mon)
+        assert with_params == {0, 20, 40} and with_grads == {0, 10, 20, 30, 40}
+
+
+def test_a_vanishing_gradient_is_found_on_a_step_that_reads_only_parameter_gradients(tools):
+    # the network only starts to vanish at step 10, where parameters themselves are not read
+    def squash(step, model, opt):
+        if step == 10:
+            with torch.no_grad():
+                for m in model:
+                    if isinstance(m, nn.Linear) and m is not model[-1]:
+                        m.weight.mul_(1e-3)
+    mon = tools.torch_train(deep_torch(nn.ReLU, 4), steps=15, lr=1e-9, before=squash)
+    f = tools.first(mon, "vanishing_gradient")
+    assert (f.step, f.phase) == (10, "backward") and f.value < 1e-3
+    assert _param_stats(mon)[0] == {0}

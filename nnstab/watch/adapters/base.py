@@ -63,8 +63,9 @@ class BaseAdapter:
     def _attach_one(self, idx, module):
         raise NotImplementedError
 
-    def _params(self, tape, only=None):
-        """Record the norms of the trainable parameters and their gradients (of layer `only`, or all)."""
+    def _params(self, tape, only=None, grads_only=False):
+        """Record the norms of the trainable parameters and their gradients (of layer `only`, or all);
+        with grads_only, of the gradients alone (a PARAM measurement with no parameter norms)."""
         raise NotImplementedError
 
     def _loss(self, tape, loss) -> int:
@@ -421,6 +422,8 @@ class BaseAdapter:
         try:
             if tape.plan.params:
                 self._params(tape)
+            elif tape.plan.pgrads:
+                self._params(tape, grads_only=True)
         except Exception as exc:
             self.fail("parameter statistics", exc)
         if loss is not None:

@@ -160,7 +160,7 @@ class NumpyAdapter(BaseAdapter):
                 self._sample(tape, layer, g, "grad", pass_id)
 
     # -- the step's end --------------------------------------------------------------------------
-    def _params(self, tape, only=None):
+    def _params(self, tape, only=None, grads_only=False):
         with np.errstate(all="ignore"):
             for idx, module in enumerate(self.modules):
                 if only is not None and idx != only:
@@ -169,8 +169,9 @@ class NumpyAdapter(BaseAdapter):
                 if not params:
                     continue
                 grads = [p.grad for p in params if p.grad is not None]
-                norms = tuple(_sumsq(p.data) for p in params) + tuple(_sumsq(g) for g in grads)
-                tape.add(T.PARAM, idx, params[0].data.dtype, norms, aux=(len(params), len(grads), only is not None))
+                norms = (() if grads_only else tuple(_sumsq(p.data) for p in params)) + tuple(_sumsq(g) for g in grads)
+                tape.add(T.PARAM, idx, params[0].data.dtype, norms,
+                         aux=(0 if grads_only else len(params), len(grads), only is not None))
 
     def check_loss(self, loss):
         if loss is None:

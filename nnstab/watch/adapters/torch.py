@@ -239,7 +239,7 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
             self._own_params = [(k, ps) for k, ps in lists if ps]
         return self._own_params
 
-    def _params(self, tape, only=None):
+    def _params(self, tape, only=None, grads_only=False):
         with torch.no_grad():
             for k, params in self._param_lists():
                 if only is not None and k != only:
@@ -248,8 +248,9 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
                 if not params:
                     continue
                 grads = [p.grad for p in params if p.grad is not None and not p.grad.is_sparse]
-                norms = [_sumsq(p) for p in params] + [_sumsq(g) for g in grads]
-                tape.add(T.PARAM, k, params[0].dtype, norms, aux=(len(params), len(grads), only is not None))
+                norms = ([] if grads_only else [_sumsq(p) for p in params]) + [_sumsq(g) for g in grads]
+                tape.add(T.PARAM, k, params[0].dtype, norms,
+                         aux=(0 if grads_only else len(params), len(grads), only is not None))
 
     def begin(self, step, plan):
         self._reset_checkpoints()

@@ -11,6 +11,7 @@ always measured):
             and the gradients nearest its inputs, where a NaN/inf made anywhere ends up)
   "range"   min/max of outputs and gradients
   "params"  norms of the parameters and of their gradients        "units"  per-unit max of ReLU outputs
+  "pgrads"  norms of the parameters' gradients only (half the memory traffic of "params")
   "sat"     per-unit mean slope of sigmoid/tanh outputs, row maxima of softmax outputs
   "under"   a fixed subsample of outputs and gradients (underflow/overflow shares, on the host)
 """

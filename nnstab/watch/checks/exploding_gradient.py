@@ -30,8 +30,8 @@ RELATIVE = 100.0    # one lr=0.01 SGD step would move the parameters by their ow
 GROWTH = 1000.0     # three orders of magnitude within the window: healthy training never does this
 WINDOW = 50         # steps the growth is measured over
 PATIENCE = 1        # measurements in a row for the depth test: two orders of magnitude is no wobble
-RELATIVE_PATIENCE = 1   # parameter reads in a row for the relative test (they are 10 steps apart)
-PARAMS_EVERY = 10   # parameter norms are read every 10 steps (a pass over all of them); trends need no more
+RELATIVE_PATIENCE = 1   # parameter reads in a row for the relative test (they are 20 steps apart)
+PARAMS_EVERY = 20   # parameter norms are read every 20 steps (a pass over all of them); trends need no more
 LAYERS_EVERY = 20   # every layer's output gradient is measured every 20 steps (on the CPU; every step elsewhere)
 TINY_RMS = 1e-6     # parameters with a smaller RMS count as zero-initialised for the relative test
 

@@ -14,7 +14,8 @@ import math
 from nnstab.watch.checks.base import Check
 from nnstab.watch.limits import FORMATS
 
-PARAMS_EVERY_CPU = 10   # a pass over every parameter costs ~10% of a small CPU step; a tenth of that is noise
+PARAMS_EVERY_CPU = 20   # a pass over every parameter costs ~10% of a small CPU step; a twentieth of that is noise;
+                        # between reads, parameters an update broke are found by the next forward pass
 
 
 class NonfiniteCheck(Check):

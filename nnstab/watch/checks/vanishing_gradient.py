@@ -16,14 +16,14 @@ from nnstab.watch.checks.base import Check
 
 RATIO = 1e-3     # three orders of magnitude: the layer's updates are lost next to the top layer's
 PATIENCE = 1     # a ratio under 1e-3 is no batch-to-batch wobble; parameters are read only every 10 steps
-PARAMS_EVERY = 10  # parameter gradients are read every 10 steps (a pass over all of them); a vanishing layer's
+PARAMS_EVERY = 10  # parameter gradients are read every 10 steps (a pass over them); a vanishing layer's
                    # ratio dips under RATIO on some batches before it stays there: 20 missed such a run
 
 
 class VanishingGradientCheck(Check):
     kind = "vanishing_gradient"
     OPTIONS = {"ratio": RATIO, "patience": PATIENCE, "params_every": PARAMS_EVERY}
-    NEEDS = frozenset({"params"})
+    NEEDS = frozenset({"pgrads"})   # gradient norms alone: half the memory traffic of every parameter
 
     def needs(self, step):
         if not self.scheduled(step):
@@ -36,8 +36,8 @@ class VanishingGradientCheck(Check):
         self._run = 0
 
     def observe(self, view):
-        if view.measured is not None and not view.measured.params:
-            return []                              # parameters were not read this step
+        if view.measured is not None and not (view.measured.params or view.measured.pgrads):
+            return []                              # parameter gradients were not read this step
         grads = layer_grads(view, self.ctx)
         if len(grads) < 2 or view.amp_skipped:
             return []
