@@ -15,8 +15,9 @@ pairs, median and spread of the per-pair ratios). Models, on the CPU:
 Target (never asserted; "!" marks a miss): watch and replay <= 1.05x plain. torch runs on --threads intra-op
 threads (default 1: on a shared machine spinning threads distort small steps).
 
-The monitor does more on some steps than on others (every layer every 20th step, parameters every 10th,
-ReLU units every 5th, a read of the pending statistics every 50th): every sample runs whole periods of
+The monitor does more on some steps than on others (ReLU units every 5th step, every layer and the
+parameters' gradients every 10th, ranges and parameters every 20th, a read of the pending statistics
+every 50th): every sample runs whole periods of
 that schedule (100 steps with the defaults), so a ratio is that of the mean step, on both sides alike.
 """
 from __future__ import annotations

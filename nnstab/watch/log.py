@@ -13,11 +13,11 @@ Record types (every record is a dict with "type"; schema_version 1):
   end      status ("ok" | "exception" | "interrupted" | "killed"), error, steps, time
 
 Per-layer statistics of a step record (each optional; absent when not measured that step). On the CPU,
-every layer is measured every 20th step (and at once on any step where something went non-finite);
+every layer is measured every 10th step (and at once on any step where something went non-finite);
 other steps record the loss and the sentinels (the model's outputs, the gradients nearest its inputs).
-On an accelerator every layer is measured every step. Ranges and shares come every 20th step, ReLU units
-every 5th, parameter norms every 20th on the CPU and every step on an accelerator, parameter gradient norms
-every 10th (see the checks' options).
+On an accelerator every layer is measured every step. Underflow shares come every 10th step, ranges every
+20th, ReLU units every 5th, parameter gradient norms every 10th, parameter norms every 20th on the CPU and
+every step on an accelerator (see the checks' options).
   act_min, act_max, act_absmax       range of the layer's outputs (over every call in the step)
   act_dtype_overflow_frac            share of output values that are +-inf in the output's own dtype
   act_dtype_underflow_frac           share of non-zero outputs that are subnormal in their own dtype

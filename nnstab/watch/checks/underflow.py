@@ -19,7 +19,8 @@ from nnstab.watch.checks.base import Check
 SHARE = 0.25        # a quarter of the non-zero values degraded in the run's own dtype: no longer a tail
 RISK_SHARE = 0.5    # for the float16/bfloat16 notes: most of the values would vanish, not just the tail of
                     # tiny ones a saturated softmax or a sparse gradient always has
-EVERY = 20          # underflow builds up slowly; sampling every 20th step keeps its cost negligible
+EVERY = 10          # underflow builds up slowly; sampling every 10th step keeps its cost small (every 20th
+                    # missed a layer's underflow in a 40-step probe)
 CONVERGED = 1e-3    # gradients a thousand times below their peak: the loss is near zero, the layer is done
 
 
