@@ -17,8 +17,8 @@ threads (default 1: on a shared machine spinning threads distort small steps).
 
 The monitor does more on some steps than on others (ReLU units every 5th step, every layer and the
 parameters' gradients every 10th, ranges and parameters every 20th, a read of the pending statistics
-every 50th): every sample runs whole periods of
-that schedule (100 steps with the defaults), so a ratio is that of the mean step, on both sides alike.
+every 50th): every sample runs whole periods of that schedule (100 steps with the defaults), on both
+sides alike, so a ratio is that of the mean step, not of whichever steps a short sample caught.
 """
 from __future__ import annotations
 

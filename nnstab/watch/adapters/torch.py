@@ -259,8 +259,6 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
         return super().begin(step, plan)
 
     def end(self, loss=None, scaler_state=None):
-        if type(loss) is Tensor:    # first, while the optimiser step has left torch's code in cache
-            loss = loss.detach()
         self._reset_checkpoints()
         return super().end(loss, scaler_state)
 
