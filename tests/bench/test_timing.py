@@ -21,6 +21,15 @@ def test_compare_interleaves_and_alternates_who_goes_first():
     assert "".join(calls) == calibration + "op" + "po" + "op" + "po"
 
 
+def test_compare_runs_whole_cycles_per_sample():
+    # work that repeats every 7 calls: each sample holds whole periods of it, on both sides
+    calls = []
+    compare(lambda: calls.append("o"), lambda: calls.append("p"), repeat=2, min_time=0.0, cycle=7)
+    assert "".join(calls) == "oo" + "pp" + "o" * 7 + "p" * 7 + "p" * 7 + "o" * 7
+    with pytest.raises(ValueError, match="cycle must be >= 1"):
+        compare(lambda: None, lambda: None, cycle=0)
+
+
 def test_calibrate_reaches_min_time_and_rejects_bad_repeat():
     assert calibrate(lambda: None, 0.0) == 1
     assert calibrate(lambda: sum(range(100)), 1e-3) >= 2

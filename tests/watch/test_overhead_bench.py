@@ -22,3 +22,14 @@ def test_every_variant_trains_and_the_item_probe_hooks_every_module():
         h.remove()
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
     assert tuple(model(x).shape) == (64, 10) and y.dtype == torch.int64
+
+
+def test_a_sample_spans_the_whole_schedule_of_a_default_monitor():
+    # units every 5 steps, layers and parameter gradients every 10, ranges and parameters every 20, reads every 50
+    _, monitor = overhead.training_step("mlp", "watch")
+    assert overhead.schedule_period(monitor) == 100
+    monitor.close()
+    model, _, _ = overhead.make_model("mlp")
+    from nnstab.watch import watch
+    with watch(model, every=3, checks=["nonfinite", "loss_divergence"]) as quiet:
+        assert overhead.schedule_period(quiet) == 60   # nonfinite's parameter reads every 20, reads every 3
