@@ -49,14 +49,7 @@ def shares(sample, dtype) -> dict[str, float]:
     (the float16/bfloat16 shares only for float32/float64 tensors). One binary search per value
     against the sorted edges and one count: a few NumPy calls whatever the number of edges.
     """
-    names, values = _edges_of(dtype_name(dtype))
-    a = np.abs(np.asarray(sample, dtype=np.float64))
-    n = a.size
-    if n == 0:
-        return {}
-    # count(|x| <= edge) for every edge: side="left" puts |x| == edge at the edge's own index
-    below = np.cumsum(np.bincount(np.searchsorted(values, a, side="left"), minlength=len(values) + 1)).tolist()
-    return _fractions(dict(zip(names, below)), n)
+    return shares_many([(sample, dtype)])[0]
 
 
 def _fractions(c, n) -> dict[str, float]:
@@ -86,15 +79,13 @@ def shares_many(samples) -> list[dict[str, float]]:
     for k, (sample, dtype) in enumerate(samples):
         by_dtype.setdefault(dtype_name(dtype), []).append(k)
     for name, ks in by_dtype.items():
-        if len(ks) == 1:
-            out[ks[0]] = shares(samples[ks[0]][0], name)
-            continue
         names, values = _edges_of(name)
         width = len(values) + 1
         parts = [np.asarray(samples[k][0]).reshape(-1) for k in ks]
         sizes = [p.size for p in parts]
         a = np.abs(np.concatenate(parts).astype(np.float64, copy=False))
         slot = np.repeat(np.arange(len(ks)) * width, sizes)
+        # count(|x| <= edge) for every edge: side="left" puts |x| == edge at the edge's own index
         counts = np.bincount(np.searchsorted(values, a, side="left") + slot, minlength=len(ks) * width)
         below = np.cumsum(counts.reshape(len(ks), width), axis=1).tolist()
         for k, n, row in zip(ks, sizes, below):
