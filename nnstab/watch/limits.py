@@ -70,26 +70,36 @@ def _fractions(c, n) -> dict[str, float]:
 
 
 def shares_many(samples) -> list[dict[str, float]]:
-    """`shares` of many samples [(sample, dtype)], in one binary search per dtype over all their values.
+    """`shares` of many samples [(sample, dtype)], counted over all their values at once, per dtype.
 
-    Same counts as one `shares` call per sample: a value's edge index is offset by its sample's slot,
-    so one bincount counts every sample at once (a step's dozen samples cost what one does)."""
+    Same counts as one `shares` call per sample. One comparison with each edge over the concatenated
+    values, summed per sample by one `reduceat`: a few edges over a few thousand values cost less than a
+    binary search per value (np.searchsorted, ~12 ns each). Edges above every value are not compared
+    (everything is below them): the overflow edges, on a healthy step. NaN is below no edge, so it
+    counts with the overflow, as +-inf does."""
     out = [None] * len(samples)
     by_dtype = {}
     for k, (sample, dtype) in enumerate(samples):
-        by_dtype.setdefault(dtype_name(dtype), []).append(k)
+        if np.size(sample):
+            by_dtype.setdefault(dtype_name(dtype), []).append(k)
+        else:
+            out[k] = {}
     for name, ks in by_dtype.items():
         names, values = _edges_of(name)
-        width = len(values) + 1
         parts = [np.asarray(samples[k][0]).reshape(-1) for k in ks]
-        sizes = [p.size for p in parts]
-        a = np.abs(np.concatenate(parts).astype(np.float64, copy=False))
-        slot = np.repeat(np.arange(len(ks)) * width, sizes)
-        # count(|x| <= edge) for every edge: side="left" puts |x| == edge at the edge's own index
-        counts = np.bincount(np.searchsorted(values, a, side="left") + slot, minlength=len(ks) * width)
-        below = np.cumsum(counts.reshape(len(ks), width), axis=1).tolist()
-        for k, n, row in zip(ks, sizes, below):
-            out[k] = _fractions(dict(zip(names, row)), n) if n else {}
+        sizes = np.array([p.size for p in parts])
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        a = np.abs(np.concatenate(parts).astype(np.float64, copy=False))   # float64: the edges are exact there
+        top = a.max()
+        below = []                             # per edge: how many |x| <= edge, per sample
+        for edge in values.tolist():
+            if edge >= top:                    # (False when a value is NaN: then every edge is compared)
+                below.append(sizes)
+            else:
+                below.append(np.add.reduceat((a <= edge).view(np.uint8), starts, dtype=np.int64))
+        rows = np.stack(below, axis=1).tolist()
+        for k, n, row in zip(ks, sizes.tolist(), rows):
+            out[k] = _fractions(dict(zip(names, row)), n)
     return out
 
 
