@@ -25,6 +25,8 @@ SKIPPED = "skipped"  # a FINITE not taken: the step's sentinels showed the pass 
 RANGE = "range"      # min, max of a module output
 GRAD = "grad"        # sum of squares of a gradient (NaN/inf when a value is, or beyond ~1e19 in float32)
 GRAD_RANGE = "grad_range"   # min, max of a gradient
+GRAD_VIA = "grad_via"       # NaN/inf exactly when a gradient not held was: its layer's parameter gradients'
+                            # sum of squares (sentinel mode, large gradients; see adapters/torch_grads.py)
 SAMPLE = "sample"    # vector: a fixed subsample of a tensor's values (aux: (role, element count))
 RELU = "relu"        # vector: per-unit max over the batch (0 = the unit was zero on the whole batch)
 SAT = "sat"          # vector: per-unit mean squared distance from the activation's steepest point (aux: kind)

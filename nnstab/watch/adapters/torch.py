@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from nnstab.watch import tape as T
 from nnstab.watch.adapters.base import BaseAdapter, LayerInfo
 from nnstab.watch.adapters.torch_grads import HALVES, GradsMixin, _min_max, _sumsq
+from nnstab.watch.options import distributed
 from nnstab.watch.adapters.torch_modes import (FULLGRAPH_NOTE, ModesMixin, checkpoint_ctx, eager,
                                                graph_breaks_allowed, in_backward, unwrap_compiled)
 from nnstab.watch.tape import SAMPLE_SIZE, sample_stride
@@ -91,6 +92,9 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
         self.held = []                           # gradients held back until the step's end (sentinel mode)
         self._own = None                         # layer -> its own parameters (for the sentinels)
         self._trainable = {}                     # layer -> how many of its own values train (recounted now and then)
+        self._stand_ins = []                     # this backward's _StandIns, their gradients taken as it ends
+        self._stand_in_task = None               # the backward (graph task) they belong to
+        self.stand_ins = True                    # large gradients may be replaced by stand-ins (one process)
         self._reset_checkpoints()
         self._wrappers = {}                      # id(module) -> the OptimizedModule wrapping it (torch.compile)
 
@@ -256,6 +260,8 @@ class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
         self._reset_checkpoints()
         if step % 64 == 0:          # layers frozen or unfrozen since: a stale count only costs, never misses
             self._trainable.clear()
+            self.stand_ins = distributed()[1] in (None, 1)   # not where gradients are all-reduced
+        self._stand_ins = []
         return super().begin(step, plan)
 
     def end(self, loss=None, scaler_state=None):
