@@ -19,14 +19,19 @@ The monitor does more on some steps than on others (ReLU units every 5th step, e
 parameters' gradients every 10th, ranges and parameters every 20th, a read of the pending statistics
 every 50th): every sample runs whole periods of that schedule (100 steps with the defaults), on both
 sides alike, so a ratio is that of the mean step, not of whichever steps a short sample caught.
+
+Each comparison runs in a fresh process: the CNN's steps allocate megabytes, and a comparison run after
+others inherited their heap (the same replay-vs-plain comparison measured 1.07 first and 1.24 third).
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+import multiprocessing
 import sys
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 
 from nnstab.bench import timing
 from nnstab.bench.timing import compare, text_table
@@ -108,6 +113,18 @@ def training_step(name: str, variant: str):
     return step, monitor
 
 
+def compare_in_process(name, variant, repeat, min_time, quick, threads):
+    """(ours, peer) per-call seconds of `variant` against plain on model `name` (run in a fresh process)."""
+    with timing.threads(threads):
+        plain, _ = training_step(name, "plain")
+        ours, monitor = training_step(name, variant)
+        cycle = 1 if quick or monitor is None else schedule_period(monitor)
+        c = compare(ours, plain, repeat=repeat, min_time=min_time, cycle=cycle)
+        if monitor is not None:
+            monitor.close()
+    return c.ours, c.peer
+
+
 def schedule_period(monitor) -> int:
     """Steps after which the monitor's work repeats: its checks' schedules and its reads (`every`)."""
     from nnstab.watch import options
@@ -134,15 +151,13 @@ def _run(args) -> int:
     repeat, min_time = (3, 0.02) if args.quick else (args.repeat, args.min_time)
     rows, records, misses = [], [], 0
     for name in args.models:
-        plain, _ = training_step(name, "plain")
         row = [name]
         for variant in args.variants:
             print(f"{name}: {variant} vs plain", file=sys.stderr, flush=True)
-            ours, monitor = training_step(name, variant)
-            cycle = 1 if args.quick or monitor is None else schedule_period(monitor)
-            c = compare(ours, plain, repeat=repeat, min_time=min_time, cycle=cycle)
-            if monitor is not None:
-                monitor.close()
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+                ours_s, peer_s = fresh.submit(compare_in_process, name, variant, repeat, min_time, args.quick,
+                                              args.threads).result()
+            c = timing.Comparison(ours_s, peer_s)
             miss = variant in ("watch", "replay") and c.median > TARGET
             misses += miss
             q1, q3 = c.iqr

@@ -33,3 +33,9 @@ def test_a_sample_spans_the_whole_schedule_of_a_default_monitor():
     from nnstab.watch import watch
     with watch(model, every=3, checks=["nonfinite", "loss_divergence"]) as quiet:
         assert overhead.schedule_period(quiet) == 60   # nonfinite's parameter reads every 20, reads every 3
+
+
+def test_a_comparison_in_its_own_process_times_whole_periods_on_both_sides():
+    # what the bench runs in a fresh process per comparison: interleaved samples of 100 steps each side
+    ours, peer = overhead.compare_in_process("mlp", "watch", repeat=2, min_time=1e-4, quick=False, threads=1)
+    assert len(ours) == len(peer) == 2 and all(t > 0 for t in ours + peer)
