@@ -319,3 +319,37 @@ def test_parameters_broken_by_the_update_name_the_optimiser_and_the_parameters()
     assert (r["phase"], r["optimizer"], r["lr"]) == ("update", "Overshoot", 0.05)
     assert r["parameters"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert "Overshoot (lr=0.05) wrote NaN/inf into 0.weight, 0.bias" in f.message
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_a_watched_step_leaves_no_reference_cycles_behind(replay):
+    """Garbage only the cycle collector frees accumulates while it is paused (benchmarks pause it) and
+    makes every collection slower: a healthy watched step must create none."""
+    import gc
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+    mon = watch(model, replay=replay)
+
+    def step():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss)
+
+    step()
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            step()
+        gc.collect()
+        cycles = list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    mon.close()
+    assert cycles == []

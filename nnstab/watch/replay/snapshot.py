@@ -18,7 +18,7 @@ Nothing here changes a tensor of the run: the copies read the parameters, the ho
 from __future__ import annotations
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 MAX_PASSES = 8        # forwards kept per step (gradient accumulation); later ones of the step are not replayed
 RELIST_EVERY = 64     # steps between re-listing the parameters (a model.to() or a new parameter is seen then)
@@ -30,8 +30,8 @@ class Pass:
     __slots__ = ("args", "kwargs", "rng", "cuda_rng", "autocast", "training", "grads", "out_nodes")
 
     def __init__(self, args, kwargs, training):
-        self.args = tree_map(_detached, args)
-        self.kwargs = tree_map(_detached, kwargs)
+        self.args = _detached_all(args)
+        self.kwargs = _detached_all(kwargs)
         self.rng = torch.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state_all() if _cuda_in_use() else None
         self.autocast = _autocast_state()
@@ -121,8 +121,7 @@ class TorchSnapshot:
 
     def watch_outputs(self, p: Pass, output):
         """Keep, by reference, the gradient backward sends into each output of pass `p`."""
-        leaves, _ = tree_flatten(output)
-        for k, t in enumerate(leaves):
+        for k, t in enumerate(tree_leaves(output)):   # (tree_flatten leaves a reference cycle per call)
             if isinstance(t, torch.Tensor) and t.requires_grad and t.is_floating_point():
                 if t.grad_fn is not None:
                     p.out_nodes.add(id(t.grad_fn))
@@ -174,6 +173,17 @@ def _keeper(grads, k):
 
 def _detached(x):
     return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+def _detached_all(tree):
+    """tree with its tensors detached. A forward's usual arguments (a tuple of tensors and plain values,
+    a dict of them) directly: torch's tree_map leaves a reference cycle behind each call (a recursive
+    closure), garbage a monitored step should not add every step; other structures through tree_map."""
+    if type(tree) is tuple and not any(isinstance(v, (tuple, list, dict)) for v in tree):
+        return tuple(map(_detached, tree))
+    if type(tree) is dict and not any(isinstance(v, (tuple, list, dict)) for v in tree.values()):
+        return {k: _detached(v) for k, v in tree.items()}
+    return tree_map(_detached, tree)
 
 
 def _cuda_in_use() -> bool:
