@@ -57,31 +57,30 @@ def train(monkeypatch, hold_max, steps=5, zero_grad_late=False, by_autograd_grad
     return mon
 
 
+def held_on_a_quiet_step(monkeypatch, hold_max, **options):
+    """(layer -> type of what the hooks kept for its output's gradient after step 1's backward, the monitor)."""
+    held = {}
+
+    def inspect(step, adapter):
+        if step == 1:             # a quiet step: sentinels only
+            held.update({adapter.names[layer]: type(g).__name__ for layer, _, _, _, g, _ in adapter.held})
+
+    return held, train(monkeypatch, hold_max, inspect=inspect, **options)
+
+
 def origin(mon):
     f = next(f for f in mon.findings if f.kind == "nonfinite")
     return f.layer, f.step, f.phase
 
 
 def test_large_gradients_are_not_held_where_parameter_gradients_stand_in(monkeypatch):
-    held = {}
-
-    def inspect(step, adapter):   # after backward, before the step's end: what the hooks kept
-        if step == 1:             # a quiet step: sentinels only
-            held.update({adapter.names[layer]: type(g).__name__ for layer, _, _, _, g, _ in adapter.held})
-
-    train(monkeypatch, hold_max=0, inspect=inspect)
+    held, _ = held_on_a_quiet_step(monkeypatch, hold_max=0)
     # every gradient a Linear's parameters can stand in for is not kept; L2Rows has no parameters
     assert held == {"0": "_StandIn", "1": "Tensor", "2": "_StandIn", "4": "_StandIn"}
 
 
 def test_small_gradients_are_held_as_before(monkeypatch):
-    held = {}
-
-    def inspect(step, adapter):
-        if step == 1:
-            held.update({adapter.names[layer]: type(g).__name__ for layer, _, _, _, g, _ in adapter.held})
-
-    train(monkeypatch, hold_max=1 << 30, inspect=inspect)
+    held, _ = held_on_a_quiet_step(monkeypatch, hold_max=1 << 30)
     assert held == {"0": "Tensor", "1": "Tensor", "2": "Tensor", "4": "Tensor"}
 
 
@@ -97,13 +96,7 @@ def test_stand_ins_are_read_when_backward_ends_not_at_monitor_step(monkeypatch):
 
 
 def test_autograd_grad_fills_no_stand_ins_so_gradients_are_held(monkeypatch):
-    held = {}
-
-    def inspect(step, adapter):
-        if step == 1:
-            held.update({adapter.names[layer]: type(g).__name__ for layer, _, _, _, g, _ in adapter.held})
-
-    mon = train(monkeypatch, hold_max=0, by_autograd_grad=True, inspect=inspect)
+    held, mon = held_on_a_quiet_step(monkeypatch, hold_max=0, by_autograd_grad=True)
     assert held == {"0": "Tensor", "1": "Tensor", "2": "Tensor", "4": "Tensor"}
     assert origin(mon) == ("1", 3, "backward")
 
