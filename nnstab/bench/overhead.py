@@ -143,8 +143,7 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-    with timing.threads(args.threads):
-        return _run(args)
+    return _run(args)      # each comparison sets its threads in its own process (compare_in_process)
 
 
 def _run(args) -> int:

@@ -46,8 +46,7 @@ def shares(sample, dtype) -> dict[str, float]:
       dtype_overflow_frac    +-inf (and NaN)
       fp16_underflow_frac, bf16_underflow_frac   would round to zero in float16 / bfloat16
       fp16_overflow_frac, bf16_overflow_frac     would overflow there
-    (the float16/bfloat16 shares only for float32/float64 tensors). One binary search per value
-    against the sorted edges and one count: a few NumPy calls whatever the number of edges.
+    (the float16/bfloat16 shares only for float32/float64 tensors). Counted as shares_many counts.
     """
     return shares_many([(sample, dtype)])[0]
 

@@ -184,11 +184,8 @@ class GradsMixin:
         (their sum of squares; not the gradient's own norm, so never a statistic)."""
         if box.value is None:
             return None
-        i = tape.add(T.GRAD_VIA, layer, box.dtype, (box.value,), trec=rec, pass_id=pass_id)
-        rec.grad_meas = i
-        tape.grad_events.append(i)
-        tape.passes_with_grad.add(pass_id)
-        return i
+        return _gradient_event(tape, rec, pass_id,
+                               tape.add(T.GRAD_VIA, layer, box.dtype, (box.value,), trec=rec, pass_id=pass_id))
 
     def _small_sentinel(self, layer):
         """The gradients of `layer`'s own parameters (NaN/inf when the gradient they came from is)."""
@@ -221,15 +218,21 @@ class GradsMixin:
             ss = _sumsq(g)
             n = g.numel()
         i = tape.add(T.GRAD, layer, dtype, (ss,), trec=rec, pass_id=pass_id, aux=n)
-        rec.grad_meas = i
-        tape.grad_events.append(i)
-        tape.passes_with_grad.add(pass_id)
+        _gradient_event(tape, rec, pass_id, i)
         if layer is not None:
             if tape.plan.range:
                 tape.add(T.GRAD_RANGE, layer, g.dtype, _min_max(g), pass_id=pass_id)
             if tape.plan.under:
                 self._sample(tape, layer, g, "grad", pass_id)
         return i
+
+
+def _gradient_event(tape, rec, pass_id, i):
+    """Measurement i is rec's gradient, made by backward now (its order is the origin's order)."""
+    rec.grad_meas = i
+    tape.grad_events.append(i)
+    tape.passes_with_grad.add(pass_id)
+    return i
 
 
 def _accumulates(nodes) -> bool:
