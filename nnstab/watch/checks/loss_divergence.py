@@ -1,13 +1,18 @@
-"""loss_divergence: the loss is non-finite (error), or it has grown by FACTOR over the last WINDOW steps
-and is above where it started (warning).
+"""loss_divergence: the loss is non-finite (error), or it has grown by FACTOR, and beyond its batch-to-batch
+noise, over the last WINDOW steps and is above where it started (warning).
 
 A non-finite loss is this check's finding when the loss is where the NaN/inf began (the model's outputs
 were finite); when it only carries a NaN made upstream, the nonfinite finding names the origin instead.
 
 Growth compares the recent loss (the median of the last SMOOTH losses, so one bad batch does not count)
-with the smallest such median in the window; the guard "above the starting loss" keeps a converged
-loss that wanders near zero from being called divergent. Losses that can be negative are only checked
-for non-finite values.
+with the smallest such median in the window. On its own that ratio is fooled by noise: with small
+batches near convergence log(loss) easily spreads by 0.5-1 from batch to batch, and the lowest of fifty
+medians is then a low outlier that a trend-free loss beats fourfold in most windows. So the growth must
+also exceed NOISE times the loss's noise level, estimated robustly from the window's step-to-step
+changes of log(loss) (their median absolute deviation: a trend shifts every change alike and does not
+count as noise), and hold for PERSIST observed steps in a row; the warning is dated at the step the
+growth began. The guard "above the starting loss" keeps a converged loss that wanders near zero from
+being called divergent. Losses that can be negative are only checked for non-finite values.
 """
 from __future__ import annotations
 
@@ -17,14 +22,18 @@ from collections import deque
 
 from nnstab.watch.checks.base import Check
 
-FACTOR = 4.0     # a quadrupled smoothed loss is beyond batch noise
+FACTOR = 4.0     # a quadrupled smoothed loss is beyond batch noise of a few percent
 WINDOW = 50      # steps the growth is measured over
 SMOOTH = 5       # the recent loss is the median of this many
+NOISE = 5.0      # growth in log(loss) must exceed 5 noise levels: trend-free losses with log-noise up to 1.5
+                 # gave no warning in 3000-step runs, and a 5%-a-step climb is still found within ~30-50 steps
+PERSIST = 3      # ... on 3 observed steps in a row (one outlying median is not a trend)
+_MAD_TO_SIGMA = 1.4826 / math.sqrt(2)   # MAD of differences of i.i.d. normal values -> their std
 
 
 class LossDivergenceCheck(Check):
     kind = "loss_divergence"
-    OPTIONS = {"factor": FACTOR, "window": WINDOW, "smooth": SMOOTH}
+    OPTIONS = {"factor": FACTOR, "window": WINDOW, "smooth": SMOOTH, "noise": NOISE, "persist": PERSIST}
     NEEDS = frozenset()
 
     def __init__(self, **options):
@@ -33,8 +42,10 @@ class LossDivergenceCheck(Check):
             raise ValueError(f"loss_divergence check option 'factor' must be > 1, got {self.factor}")
         self._recent = deque(maxlen=self.smooth)
         self._medians = deque(maxlen=self.window)
+        self._losses = deque(maxlen=self.window + 1)   # for the noise level
         self._start = None
         self._broken = None
+        self._streak = []     # (step, growth) of the observed steps in a row that grew beyond the thresholds
 
     def observe(self, view):
         loss = view.loss
@@ -50,20 +61,37 @@ class LossDivergenceCheck(Check):
                     f"finding for where it began, lower the learning rate, clip gradients")
             return [self._broken]
         self._recent.append(loss)
+        self._losses.append(loss)
         med = _median(self._recent)
         if self._start is None and len(self._recent) == self.smooth:
             self._start = med
-        out = []
         low = min(self._medians) if self._medians else None
-        if (low is not None and low > 0 and med > self.factor * low
-                and (self._start is None or med > self._start)):
-            out.append(self.finding(
-                "", view.step, "loss", "warning", med / low, self.factor,
-                f"the loss grew {med / low:.3g}-fold within {self.window} steps (to {med:.4g}) and is above where it "
-                f"started: training is diverging; lower the learning rate, use a warm-up, or clip gradients",
-                loss=med, lowest=low))
         self._medians.append(med)
-        return out
+        grown = (low is not None and low > 0 and med > self.factor * low
+                 and (self._start is None or med > self._start)
+                 and math.log(med / low) > self.noise * self._noise_level())
+        if not grown:
+            self._streak.clear()
+            return []
+        self._streak.append((view.step, med, low))
+        if len(self._streak) < self.persist:
+            return []
+        began = self._streak[0][0]
+        return [self.finding(
+            "", began, "loss", "warning", med / low, self.factor,
+            f"the loss grew {med / low:.3g}-fold within {self.window} steps (to {med:.4g}, from {low:.4g}) from step "
+            f"{began} on, beyond its batch-to-batch noise, and is above where it started: training is diverging; "
+            f"lower the learning rate, use a warm-up, or clip gradients", loss=med, lowest=low)]
+
+    def _noise_level(self) -> float:
+        """The batch-to-batch noise of log(loss) in the window: its step-to-step changes' median absolute
+        deviation, as a standard deviation; 0 with fewer than 4 changes or non-positive losses."""
+        logs = [math.log(v) for v in self._losses if v > 0]
+        if len(logs) < 5 or len(logs) < len(self._losses):
+            return 0.0
+        diffs = [b - a for a, b in zip(logs, logs[1:])]
+        centre = _median(diffs)
+        return _MAD_TO_SIGMA * _median([abs(d - centre) for d in diffs])
 
 
 def _median(values) -> float:
