@@ -54,7 +54,8 @@ class StepView:
         self.output_layers = set()      # layers whose output is the model's output
         self.dead = {}                  # relu layer -> bool per unit: zero on the whole batch
         self.saturated = {}             # layer -> bool per unit (rows for softmax)
-        self.params_at_forward = {}     # layer -> its parameters were finite when its output broke
+        self.params_at_forward = {}     # layer -> its parameters' sum of squares when its output broke (NaN/inf:
+                                        # a NaN/inf among them)
         self.origins = []               # Origin, in execution order (at most one)
         self.amp_scale = None           # the loss scale the step's gradients carried, under AMP
         self.amp_skipped = False        # GradScaler skipped the step
@@ -207,10 +208,10 @@ def _param(view, tape, sv, m, name, out):
     n_p, n_g, at_forward = m.aux
     vals = sv[m.s0:m.s0 + m.ns]
     p_sq, g_sq = vals[:n_p], vals[n_p:]
-    p_ok = all(map(math.isfinite, p_sq))
     if at_forward:
-        view.params_at_forward[name] = p_ok
+        view.params_at_forward[name] = math.fsum(p_sq)   # NaN when one is NaN, else inf when one is inf
         return
+    p_ok = all(map(math.isfinite, p_sq))
     pn = math.sqrt(math.fsum(p_sq)) if n_p else math.nan    # nan: gradients alone were read (pgrads)
     g_ok = all(map(math.isfinite, g_sq))
     gn = math.sqrt(math.fsum(g_sq)) if n_g else math.nan
@@ -242,10 +243,12 @@ def _nanmax(a, b):
 def _origins(tape, names, skip, params, view) -> list[Origin]:
     out = []
     fwd = _forward_origin(tape, names, skip)
-    if fwd is not None and view.params_at_forward.get(fwd.layer) is False:
-        # the layer computed with non-finite parameters: the update before this step broke them
-        fwd = (Origin("update", fwd.layer, fwd.value, fwd.inf, fwd.dtype, step_offset=-1) if tape.step > 0
-               else Origin("forward", fwd.layer, fwd.value, fwd.inf, fwd.dtype, source="params"))
+    p = view.params_at_forward.get(fwd.layer, 0.0) if fwd is not None else 0.0
+    if p - p != 0:
+        # the layer computed with non-finite parameters: the update before this step broke them (their
+        # values, NaN or inf, are the finding's, not those of the output they spoiled)
+        fwd = (Origin("update", fwd.layer, p, math.isinf(p), fwd.dtype, step_offset=-1) if tape.step > 0
+               else Origin("forward", fwd.layer, p, math.isinf(p), fwd.dtype, source="params"))
     if fwd is not None:
         out.append(fwd)
     elif view.loss is not None and not math.isfinite(view.loss):

@@ -75,6 +75,18 @@ def test_update_that_breaks_parameters_between_parameter_checks(tools):
     assert (f.layer, f.step, f.phase) == ("0", 3, "update")
 
 
+def test_an_update_seen_in_the_next_forward_is_told_by_the_parameters_values_not_the_outputs(tools):
+    def poison(step, model, opt):
+        if step == 3:   # as if step 2's update had left every weight of the first layer at +inf
+            with torch.no_grad():
+                model[0].weight.fill_(float("inf"))
+
+    mon = tools.torch_train(tools.torch_mlp(), steps=5, before=poison)
+    f = tools.first(mon, "nonfinite")
+    assert (f.layer, f.step, f.phase) == ("0", 2, "update")
+    assert f.value == float("inf") and "became inf" in f.message   # its outputs were NaN (inf - inf)
+
+
 def test_update_seen_by_the_regular_parameter_check(tools):
     def inf_lr(step, model, opt):
         if step == 0:
