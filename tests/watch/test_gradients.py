@@ -86,3 +86,24 @@ def test_a_vanishing_gradient_is_found_on_a_step_that_reads_only_parameter_gradi
     f = tools.first(mon, "vanishing_gradient")
     assert (f.step, f.phase) == (10, "backward") and f.value < 1e-3
     assert _param_stats(mon)[0] == {0}
+
+
+def test_gradients_that_swing_from_batch_to_batch_are_not_an_explosion(tools):
+    # a converged classifier fine-tuned with small batches: most batches are easy (gradients ~1e-3 of a
+    # hard one), now and then one is very easy (1e-8) and a run of hard ones follows; nothing grows
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    scale = 10.0 ** rng.normal(-3, 0.7, 300)
+    scale[rng.random(300) < 0.03] = 1e-8
+    for start in (40, 120, 200):
+        scale[start:start + 4] = 10.0 ** rng.uniform(-1.5, -0.5, 4)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))   # its first gradient: read every step
+    scales = iter(scale)
+
+    def scaled_mse(out, target):    # the batch's difficulty, as the size of its loss
+        return float(next(scales)) * nn.functional.mse_loss(out, target)
+
+    mon = tools.torch_train(model, steps=300, lr=1e-9, x=torch.randn(8, 16), y=torch.randn(8, 1), loss_fn=scaled_mse)
+    assert not [f for f in mon.findings if f.kind == "exploding_gradient"], [str(f) for f in mon.findings]

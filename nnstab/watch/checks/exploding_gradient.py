@@ -9,13 +9,19 @@ Three tests:
   relative  ||grad|| / ||params|| of a layer's own parameters (on steps parameters are read): at
             RELATIVE, one SGD step at learning rate 0.01 moves the layer by its own size. Layers whose
             parameters are (near) zero, as zero-initialised layers are, are left to the other tests.
-  growth    the norm of the gradient flowing into a layer's output now, over its smallest value in the
-            last WINDOW steps, when it is also the largest the layer has seen: explosion is exponential
-            and unprecedented; warm-up, or the rebound after a loss that touched zero, is not.
+  growth    the norm of the gradient flowing into a layer's output now, over its floor in the last
+            WINDOW steps (the FLOOR quantile of its values there: not the minimum, which one very easy batch
+            sets), beyond NOISE times its batch-to-batch noise (the median absolute deviation of its
+            step-to-step changes of log norm), on GROWTH_STEPS observed steps in a row, and the largest the layer had
+            seen as the growth began: explosion is exponential, lasting and unprecedented; warm-up, the
+            rebound after a loss that touched zero, or hard batches among easy ones are not (fine-tuning a
+            converged classifier with batches of 8 swings a gradient between 1e-8 and 1e-2 from one batch
+            to the next).
 depth and growth use every layer's output gradient, measured every LAYERS_EVERY steps on the CPU (every
-step on an accelerator). depth must hold for PATIENCE such measurements in a row and relative for
-RELATIVE_PATIENCE parameter reads (reported at the step the run began); growth is reported as soon as it
-is exceeded. The layer named is the one with the largest figure.
+step on an accelerator; on the CPU the layers nearest the input, whose gradients every NaN/inf made in
+backward reaches, are measured every step, so the growth test sees them). depth must hold for PATIENCE
+such measurements in a row and relative for RELATIVE_PATIENCE parameter reads; all three are reported at
+the step the run began. The layer named is the one with the largest figure.
 """
 from __future__ import annotations
 
@@ -27,7 +33,11 @@ from nnstab.watch.checks.base import Check
 
 DEPTH = 100.0       # two orders of magnitude between the ends of the network: steady per-layer growth
 RELATIVE = 100.0    # one lr=0.01 SGD step would move the parameters by their own norm
-GROWTH = 1000.0     # three orders of magnitude within the window: healthy training never does this
+GROWTH = 1000.0     # three orders of magnitude within the window: healthy training never does this for long
+GROWTH_STEPS = 3    # ... on 3 observed steps in a row: one hard batch is a spike, an explosion keeps growing
+NOISE = 5.0         # ... and beyond 5 noise levels of log norm (as loss_divergence's)
+FLOOR = 0.1         # the window's floor is its 10% quantile: a gradient growing 2x a step is found 11 steps in
+_MAD_TO_SIGMA = 1.4826 / math.sqrt(2)   # MAD of differences of i.i.d. normal values -> their std
 WINDOW = 50         # steps the growth is measured over
 PATIENCE = 1        # measurements in a row for the depth test: two orders of magnitude is no wobble
 RELATIVE_PATIENCE = 1   # parameter reads in a row for the relative test (they are 20 steps apart)
@@ -38,7 +48,8 @@ TINY_RMS = 1e-6     # parameters with a smaller RMS count as zero-initialised fo
 
 class ExplodingGradientCheck(Check):
     kind = "exploding_gradient"
-    OPTIONS = {"depth": DEPTH, "relative": RELATIVE, "growth": GROWTH, "window": WINDOW, "patience": PATIENCE,
+    OPTIONS = {"depth": DEPTH, "relative": RELATIVE, "growth": GROWTH, "growth_steps": GROWTH_STEPS, "noise": NOISE,
+               "window": WINDOW, "patience": PATIENCE,
                "relative_patience": RELATIVE_PATIENCE, "params_every": PARAMS_EVERY, "layers_every": LAYERS_EVERY}
     NEEDS = frozenset({"grads"})
 
@@ -46,6 +57,8 @@ class ExplodingGradientCheck(Check):
         super().__init__(**options)
         self._history = {}     # layer -> _WindowMin of its recent gradient norms
         self._peak = {}        # layer -> the largest gradient norm it has had
+        self._growing = {}     # layer -> [first step, last step, steps] of its growth so far
+        self._prev = None      # the step observed before this one
         self._runs = {"depth": [0, None], "relative": [0, None]}   # test -> [length, start step]
 
     def needs(self, step):
@@ -68,7 +81,7 @@ class ExplodingGradientCheck(Check):
         """One pass over the layers' output gradients: the depth test and the growth test."""
         first = last = None
         n_rms = 0
-        best, best_g = None, 0.0
+        best, best_g, began = None, 0.0, None
         stats, step = view.stats, view.step
         for layer in view.order:
             st = stats[layer]
@@ -85,20 +98,36 @@ class ExplodingGradientCheck(Check):
             if low is None:
                 low = self._history[layer] = _WindowMin(self.window)
             smallest, peak = low.min(), self._peak.get(layer, 0.0)
-            if smallest is not None and smallest > 0 and now > peak and now > best_g * smallest:
-                best, best_g = layer, now / smallest
+            run = self._growing.get(layer)
+            if run is not None and run[1] != self._prev:   # not measured on the step observed before: a new look
+                del self._growing[layer]
+                run = None
+            base = None
+            if smallest is not None and smallest > 0 and now >= self.growth * smallest and (run or now > peak):
+                base = low.floor()        # the cheap look passed: the robust one
+                if not (now >= self.growth * base and math.log(now / base) > self.noise * low.noise()):
+                    base = None
+            if base is not None:
+                if run is None:
+                    run = self._growing[layer] = [step, step, 0]
+                run[1], run[2] = step, run[2] + 1
+                if run[2] >= self.growth_steps and now > best_g * base:
+                    best, best_g, began = layer, now / base, run[0]
+            elif run is not None:
+                del self._growing[layer]
             low.push(step, now)
             if now > peak:
                 self._peak[layer] = now
+        self._prev = step
         out = []
         if n_rms >= 2 and last > 0:
             out += self._persist(view, "depth", first[0], first[1] / last)
-        if best is not None and best_g >= self.growth:
+        if best is not None:
             out.append(self.finding(
-                best, step, "backward", "warning", best_g, self.growth,
+                best, began, "backward", "warning", best_g, self.growth,
                 f"gradients explode: the gradient flowing into {self.describe(best)} grew {best_g:.3g}-fold within "
-                f"{self.window} steps; lower the learning rate or clip gradients (torch.nn.utils.clip_grad_norm_)",
-                test="growth"))
+                f"{self.window} steps, from step {began} on; lower the learning rate or clip gradients "
+                f"(torch.nn.utils.clip_grad_norm_)", test="growth"))
         return out
 
     def _relative(self, view, grads):
@@ -133,11 +162,13 @@ class ExplodingGradientCheck(Check):
 
 
 class _WindowMin:
-    """The smallest value pushed in the last `window` steps, in O(1) amortised (a monotonic queue)."""
+    """The values pushed in the last `window` steps: their minimum in O(1) amortised (a monotonic queue), the
+    every-step test's cheap first look; their floor and noise level only when that look passes."""
 
     def __init__(self, window):
         self.window = window
         self.q = deque()     # (step, value), values increasing
+        self.all = deque()   # (step, value), every one in the window
 
     def push(self, step, value):
         q = self.q
@@ -146,6 +177,30 @@ class _WindowMin:
         q.append((step, value))
         while q[0][0] <= step - self.window:
             q.popleft()
+        self.all.append((step, value))
+        while self.all[0][0] <= step - self.window:
+            self.all.popleft()
 
     def min(self):
         return self.q[0][1] if self.q else None
+
+    def floor(self) -> float:
+        """The FLOOR quantile of the values in the window."""
+        v = sorted(value for _, value in self.all)
+        return v[int(len(v) * FLOOR)]
+
+    def noise(self) -> float:
+        """The standard deviation of log(value) from one measurement to the next (from the median absolute
+        deviation of the changes between consecutive ones); 0 with fewer than 4 such changes."""
+        logs = [math.log(v) for _, v in self.all if v > 0]
+        diffs = [b - a for a, b in zip(logs, logs[1:])]
+        if len(diffs) < 4:
+            return 0.0
+        centre = _median(diffs)
+        return _MAD_TO_SIGMA * _median([abs(d - centre) for d in diffs])
+
+
+def _median(values) -> float:
+    v = sorted(values)
+    k = len(v) // 2
+    return v[k] if len(v) % 2 else (v[k - 1] + v[k]) / 2
