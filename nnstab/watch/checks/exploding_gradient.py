@@ -191,11 +191,11 @@ class _WindowMin:
 
     def noise(self) -> float:
         """The standard deviation of log(value) from one measurement to the next (from the median absolute
-        deviation of the changes between consecutive ones); 0 with fewer than 4 such changes."""
+        deviation of the changes between consecutive ones); inf (no verdict yet) with fewer than 4 changes."""
         logs = [math.log(v) for _, v in self.all if v > 0]
         diffs = [b - a for a, b in zip(logs, logs[1:])]
         if len(diffs) < 4:
-            return 0.0
+            return math.inf
         centre = _median(diffs)
         return _MAD_TO_SIGMA * _median([abs(d - centre) for d in diffs])
 

@@ -85,11 +85,13 @@ class LossDivergenceCheck(Check):
 
     def _noise_level(self) -> float:
         """The batch-to-batch noise of log(loss) in the window: its step-to-step changes' median absolute
-        deviation, as a standard deviation; 0 with fewer than 4 changes. Losses of exactly 0 (a float32
-        cross-entropy of a batch classified with huge margins) are left out: they are noise at the floor."""
+        deviation, as a standard deviation; inf (no verdict yet) with fewer than 4 changes: two or three
+        losses tell nothing of the noise, and a fine-tuning run's first batches differ 4-fold by chance.
+        Losses of exactly 0 (a float32 cross-entropy of a batch classified with huge margins) are left out:
+        they are noise at the floor."""
         logs = [math.log(v) for v in self._losses if v > 0]
         if len(logs) < 5:
-            return 0.0
+            return math.inf
         diffs = [b - a for a, b in zip(logs, logs[1:])]
         centre = _median(diffs)
         return _MAD_TO_SIGMA * _median([abs(d - centre) for d in diffs])
