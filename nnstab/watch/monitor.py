@@ -441,8 +441,10 @@ def watch(model, *, checks=None, every=None, log_dir=None, scaler=None, report=T
               flushed every step; as a context manager the monitor also writes report.md/.html/.json there.
               Under torch.distributed with several ranks, each rank writes log.rank<r>.jsonl and
               report.rank<r>.*, so ranks may share log_dir (merge: nnstab.watch.distributed.merge_logs).
-    scaler    the torch.amp.GradScaler in use; None finds one automatically, False means none. Steps the
-              scaler skips are "info", and gradient statistics are divided by the scale.
+    scaler    the torch.amp.GradScaler in use; None finds one automatically (the only enabled one alive),
+              False means none. Steps the scaler skips are "info", and the gradients measured in backward
+              are divided by the scale (parameter gradients are read at monitor.step(), which comes after
+              scaler.step() has unscaled them).
     report    write the reports into log_dir when the context manager exits (default True).
     command   the command line of the run, recorded in the log header (`nnstab run` fills it in).
     lint      also run nnstab.lint's Linter (torch models only; a TypeError for an nnstab.nn model): the

@@ -214,9 +214,8 @@ def _param(view, tape, sv, m, name, out):
     p_ok = all(map(math.isfinite, p_sq))
     pn = math.sqrt(math.fsum(p_sq)) if n_p else math.nan    # nan: gradients alone were read (pgrads)
     g_ok = all(map(math.isfinite, g_sq))
-    gn = math.sqrt(math.fsum(g_sq)) if n_g else math.nan
-    if view.amp_scale and n_g and math.isfinite(view.amp_scale) and view.amp_scale > 0:
-        gn /= view.amp_scale
+    gn = math.sqrt(math.fsum(g_sq)) if n_g else math.nan   # read at monitor.step(): scaler.step() already
+                                                            # unscaled .grad in place (AMP), so not divided again
     st = view.stats.get(name)
     if st is None:
         st = view.stats[name] = {}

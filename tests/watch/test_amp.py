@@ -53,3 +53,41 @@ def test_gradient_statistics_are_unscaled():
     b = [r for r in scaled.records if r["type"] == "step"][0]["layers"]["2"]["grad_out_norm"]
     assert abs(b / a - 1) < 1e-3          # float16 gradients scaled by 1024, judged at their true size
     assert not plain.findings and not scaled.findings
+
+
+def test_parameter_gradient_norms_are_unscaled_once():
+    # monitor.step() comes after scaler.step(), which already divided .grad by the scale in place
+    plain = amp_run(init_scale=1.0, steps=1)
+    scaled = amp_run(init_scale=2.0 ** 10, steps=1)
+    a = [r for r in plain.records if r["type"] == "step"][0]["layers"]["0"]["param_grad_norm"]
+    b = [r for r in scaled.records if r["type"] == "step"][0]["layers"]["0"]["param_grad_norm"]
+    assert abs(b / a - 1) < 1e-2
+
+
+def test_every_skipped_step_is_counted_also_when_only_weight_gradients_overflowed():
+    # between the steps that read every gradient, an overflow only in the parameters' gradients is not
+    # seen by the monitor, but the scaler's verdict is: the info finding counts every skipped step
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 28)
+    x = torch.randn(1024, 20)
+    y = (x[:, :5] * 2).argmax(1)
+    skipped = []
+    mon = watch(model, scaler=scaler)
+    for step in range(40):
+        batch = torch.randint(0, 1024, (64,))
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x[batch]).float(), y[batch])
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        before = scaler.get_scale()
+        scaler.step(opt)
+        scaler.update()
+        if scaler.get_scale() < before:
+            skipped.append(step)
+        mon.step(loss=loss)
+    mon.close()
+    assert [f.severity for f in mon.findings] == ["info"]
+    f = mon.findings[0]
+    assert len(skipped) > 1 and (f.step, f.count, f.last_step) == (skipped[0], len(skipped), skipped[-1])

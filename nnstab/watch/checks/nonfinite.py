@@ -43,19 +43,23 @@ class NonfiniteCheck(Check):
         return [self.every, self._params_every()]
 
     def observe(self, view):
-        if not view.origins:
+        o = view.origins[0] if view.origins else None
+        if view.amp_skipped and (o is None or o.phase == "backward"):
+            # counted whether or not the overflow was seen: on the CPU, between the steps that read every
+            # gradient, it may lie only in the parameters' gradients, which the scaler itself looked at
+            if self._amp is None:
+                where = f"first in {self.describe(o.layer)}" if o is not None else "in the parameters' gradients"
+                self._amp = self.finding(
+                    "", view.step, "backward", "info", o.value if o is not None else math.inf,
+                    _limit(o.dtype if o is not None else None),
+                    f"GradScaler skipped step {view.step}: the gradients scaled by {view.amp_scale:g} overflowed "
+                    f"({where}) and the scaler lowered the scale; an occasional skip is normal under AMP, a skip "
+                    f"every few steps means the scale keeps overflowing",
+                    scale=view.amp_scale, first_layer=o.layer if o is not None else None)
+            return [self._amp]
+        if o is None:
             self._streak = None
             return []
-        o = view.origins[0]
-        if view.amp_skipped and o.phase == "backward":
-            if self._amp is None:
-                self._amp = self.finding(
-                    "", view.step, "backward", "info", o.value, _limit(o.dtype),
-                    f"GradScaler skipped step {view.step}: the gradients scaled by {view.amp_scale:g} overflowed "
-                    f"(first in {self.describe(o.layer)}) and the scaler lowered the scale; an occasional skip is "
-                    f"normal under AMP, a skip every few steps means the scale keeps overflowing",
-                    scale=view.amp_scale, first_layer=o.layer)
-            return [self._amp]
         if self._streak is not None:
             return [self._streak]
         step = view.step + o.step_offset
