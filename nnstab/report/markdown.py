@@ -9,11 +9,14 @@ FINDINGS_SHOWN = 500  # beyond this the table stops being read; report.json hold
 
 
 def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A table cell: pipes escaped (else they split the cell), one line; outside code spans, < and > as
+    entities, so a module or class name with angle brackets stays text."""
+    text = str(text).replace("|", "\\|").replace("\n", " ")
+    return text if "`" in text else text.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _table(head, rows) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = ["| " + " | ".join(_cell(c) for c in head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return out + [""]
 

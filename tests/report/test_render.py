@@ -84,6 +84,15 @@ def test_markdown_escapes_pipes_in_cells(runs):
 
 
 # -- html ---------------------------------------------------------------------------------------------------
+def test_every_markdown_table_has_as_many_header_cells_as_columns(nonfinite_records, healthy_records):
+    # an unescaped pipe in a header ("max |activation|") splits it: GFM then renders no table at all
+    for records in (nonfinite_records, healthy_records):
+        lines = Report(records).to_markdown().splitlines()
+        for head, rule in zip(lines, lines[1:]):
+            if re.fullmatch(r"\|(---\|)+", rule):
+                assert len(re.split(r"(?<!\\)\|", head)) - 2 == rule.count("---"), head
+
+
 def test_html_is_self_contained(nonfinite_records):
     page = Report(nonfinite_records).to_html()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
