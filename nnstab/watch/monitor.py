@@ -372,10 +372,13 @@ class Monitor:
             self._record({"type": "note", "step": self._step, "message": text})
 
     def _write_updates(self, final=False):
-        """finding_update records for folded findings: at counts 2, 4, 8, ... and, at close, the totals."""
+        """finding_update records for folded findings. With a log on disk, whenever a count moved (a kill
+        then loses no repeat: the log is flushed with them); in memory, at counts 2, 4, 8, ... (a finding
+        repeated every step stays a few records) and, at close, the totals."""
+        on_disk = self._log is not None
         for k, f in enumerate(self._findings):
             last = self._written_count.get(k, 1)
-            if f.count != last and (final or f.count >= 2 * last):
+            if f.count != last and (final or on_disk or f.count >= 2 * last):
                 self._written_count[k] = f.count
                 self._record({"type": "finding_update", "id": k, "count": f.count, "last_step": f.last_step})
 

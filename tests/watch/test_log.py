@@ -101,6 +101,29 @@ def test_a_killed_process_leaves_every_step_before_the_kill(tmp_path):
     assert records[-1]["type"] == "step"             # no end record: the run was killed
 
 
+def test_a_killed_process_leaves_every_repeat_of_a_finding_before_the_kill(tmp_path):
+    # three repeats of one finding (a loss reported as NaN at steps 1, 2 and 3), then a kill: the count
+    # on disk must be 3, not the last power of two the fold had reached
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from torch import nn
+        from nnstab.watch import watch
+        model = nn.Sequential(nn.Linear(4, 2))
+        mon = watch(model, log_dir={str(tmp_path)!r})
+        for step in range(100):
+            if step == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+            model(torch.ones(8, 4)).sum().backward()
+            mon.step(loss=float("nan") if step in (1, 2, 3) else 1.0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    records = read_log(tmp_path)
+    first = [r for r in records if r["type"] == "finding" and r["kind"] == "nonfinite"][0]
+    updates = [r for r in records if r["type"] == "finding_update" and r["id"] == first["id"]]
+    assert (first["step"], updates[-1]["count"], updates[-1]["last_step"]) == (1, 3, 3)
+
+
 def test_a_truncated_last_line_is_skipped(tmp_path):
     model = nn.Sequential(nn.Linear(4, 2))
     mon = watch(model, log_dir=tmp_path)
