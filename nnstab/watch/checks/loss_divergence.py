@@ -11,7 +11,7 @@ medians is then a low outlier that a trend-free loss beats fourfold in most wind
 also exceed NOISE times the loss's noise level, estimated robustly from the window's step-to-step
 changes of log(loss) (their median absolute deviation: a trend shifts every change alike and does not
 count as noise), and hold for PERSIST observed steps in a row; the warning is dated at the step the
-growth began. The guard "above the starting loss" keeps a converged loss that wanders near zero from
+growth began (the first of the steps in a row with the loss FACTOR above the window's lowest). The guard "above the starting loss" keeps a converged loss that wanders near zero from
 being called divergent. Losses that can be negative are only checked for non-finite values.
 """
 from __future__ import annotations
@@ -46,6 +46,7 @@ class LossDivergenceCheck(Check):
         self._start = None
         self._broken = None
         self._streak = []     # (step, growth) of the observed steps in a row that grew beyond the thresholds
+        self._above = None    # first step of the current run of steps above FACTOR x the window's lowest
 
     def observe(self, view):
         loss = view.loss
@@ -67,8 +68,9 @@ class LossDivergenceCheck(Check):
             self._start = med
         low = min(self._medians) if self._medians else None
         self._medians.append(med)
-        grown = (low is not None and low > 0 and med > self.factor * low
-                 and (self._start is None or med > self._start)
+        above = low is not None and low > 0 and med > self.factor * low
+        self._above = (self._above if self._above is not None else view.step) if above else None
+        grown = (above and (self._start is None or med > self._start)
                  and math.log(med / low) > self.noise * self._noise_level())
         if not grown:
             self._streak.clear()
@@ -76,7 +78,8 @@ class LossDivergenceCheck(Check):
         self._streak.append((view.step, med, low))
         if len(self._streak) < self.persist:
             return []
-        began = self._streak[0][0]
+        began = self._above       # the growth began where the loss first stood FACTOR above the lowest,
+                                  # before the noise and the starting loss were cleared
         return [self.finding(
             "", began, "loss", "warning", med / low, self.factor,
             f"the loss grew {med / low:.3g}-fold within {self.window} steps (to {med:.4g}, from {low:.4g}) from step "
