@@ -99,6 +99,11 @@ class NonfiniteCheck(Check):
         if o.phase == "backward":
             return (f"the backward pass through {where} turned finite gradients into {what} at step {step}; look "
                     f"for sqrt, log or division at 0 in it, and clip gradients (torch.nn.utils.clip_grad_norm_)")
+        if o.step_offset:    # seen as the next step's forward began: the update, or code after it
+            return (f"the parameters of {where} were {what} when step {step + 1} began: the optimiser update of step "
+                    f"{step} made them so although the step's gradients were finite, unless code between the steps "
+                    f"changed them (a hand edit, a checkpoint load); lower the learning rate, check the optimiser's "
+                    f"eps and weight decay")
         return (f"the parameters of {where} became {what} in the optimiser update of step {step} although its "
                 f"gradients were finite; lower the learning rate, check the optimiser's eps and weight decay")
 
