@@ -4,7 +4,9 @@ Where it began is worked out by nnstab.watch.summary (forward: the first module 
 non-finite from finite inputs; the loss; backward: the module whose backward made a finite gradient
 non-finite; update: parameters non-finite after the optimiser step). Once the numbers are broken every
 later step is broken too: consecutive non-finite steps fold into the first finding (count, last_step)
-instead of flooding. A step that torch.amp.GradScaler skipped because its scaled gradients overflowed is
+instead of flooding; so does a later, separate incident with the same layer, phase and severity (as
+every repeat does in the monitor: count counts the steps it was seen, last_step is the latest; the
+step records keep each step's own statistics). A step that torch.amp.GradScaler skipped because its scaled gradients overflowed is
 the scaler doing its job: one "info" finding (with the scale) collects every such step.
 """
 from __future__ import annotations
