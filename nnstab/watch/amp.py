@@ -20,11 +20,17 @@ class AmpWatch:
         self.scaler = scaler
         self.auto = auto and scaler is None
         self.prev = None if scaler is None else initial_scale(scaler)   # scale the next step will carry
+        self.notes = set()   # what the monitor should tell the user once (several scalers to choose from)
 
     def find(self, fresh: bool = False):
         """Look for the run's GradScaler (auto mode only); `fresh`: it has not scaled a step yet."""
         if self.scaler is None and self.auto:
-            self.scaler = find_scaler()
+            found = enabled_scalers()
+            self.scaler = found[0] if len(found) == 1 else None
+            if len(found) > 1:
+                self.notes.add(f"{len(found)} enabled torch.amp.GradScalers are alive, so none was picked: steps a "
+                               f"scaler skips will read as errors, and gradients as scaled; pass watch(model, "
+                               f"scaler=...) the one this model's optimiser uses")
             if self.scaler is not None:
                 self.prev = float(getattr(self.scaler, "_init_scale", 1.0)) if fresh else initial_scale(self.scaler)
 
@@ -59,15 +65,14 @@ def check_scaler(value):
     return value
 
 
-def find_scaler():
-    """The one enabled torch.amp.GradScaler alive in this process, or None (none, or several)."""
+def enabled_scalers() -> list:
+    """The enabled torch.amp.GradScalers alive in this process."""
     amp = sys.modules.get("torch.amp.grad_scaler")
     if amp is None:
-        return None
+        return []
     cls = amp.GradScaler
     # type() and issubclass(), not isinstance(): isinstance may ask lazy proxies for __class__
-    found = [o for o in gc.get_objects() if issubclass(type(o), cls) and getattr(o, "_enabled", False)]
-    return found[0] if len(found) == 1 else None
+    return [o for o in gc.get_objects() if issubclass(type(o), cls) and getattr(o, "_enabled", False)]
 
 
 def initial_scale(scaler) -> float:

@@ -367,7 +367,7 @@ class Monitor:
 
     def _write_notes(self):
         """A "note" record for each new thing the adapter says it cannot see (e.g. inside a fullgraph compile)."""
-        for text in sorted(set(self.adapter.notes) - self._notes_written):
+        for text in sorted((set(self.adapter.notes) | self._amp.notes) - self._notes_written):
             self._notes_written.add(text)
             self._record({"type": "note", "step": self._step, "message": text})
 

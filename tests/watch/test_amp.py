@@ -91,3 +91,21 @@ def test_every_skipped_step_is_counted_also_when_only_weight_gradients_overflowe
     assert [f.severity for f in mon.findings] == ["info"]
     f = mon.findings[0]
     assert len(skipped) > 1 and (f.step, f.count, f.last_step) == (skipped[0], len(skipped), skipped[-1])
+
+
+def test_two_live_scalers_are_not_guessed_between_and_the_run_is_told_so():
+    other = torch.amp.GradScaler("cpu")       # another model's scaler, alive in the same process
+    scaler = torch.amp.GradScaler("cpu")
+    model = nn.Sequential(nn.Linear(16, 4))
+    mon = watch(model)                       # auto: two candidates
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        scaler.scale(model(torch.randn(8, 16)).square().mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+        mon.step()
+    mon.close()
+    notes = [r["message"] for r in mon.records if r["type"] == "note"]
+    assert any("2 enabled torch.amp.GradScalers are alive" in n and "scaler=" in n for n in notes), notes
+    assert other is not scaler
