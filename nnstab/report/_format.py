@@ -17,7 +17,8 @@ FAIL_LEVELS = ("info", "warning", "error", "never")
 VERDICT_WORDS = {"error": "FAILED", "warning": "WARNINGS", "info": "NOTES", None: "HEALTHY"}
 # How the run ended, when not cleanly: said next to the verdict, and at least as loud as it.
 STATUS_WORDS = {"exception": ("error", "SCRIPT RAISED"), "killed": ("warning", "KILLED"),
-                "interrupted": ("warning", "INTERRUPTED"), "incomplete": ("warning", "LOG ENDS EARLY")}
+                "interrupted": ("warning", "INTERRUPTED"), "incomplete": ("warning", "LOG ENDS EARLY"),
+                "running": ("info", "IN PROGRESS")}
 MARKS_UNICODE = {"error": "✗", "warning": "⚠", "info": "i", None: "✓", "unchecked": "–"}
 MARKS_ASCII = {"error": "X", "warning": "!", "info": "i", None: "+", "unchecked": "-"}
 

@@ -24,8 +24,9 @@ class Report:
         report.save("report.html")           # format from the suffix: .md .html .json .txt .jsonl
     """
 
-    def __init__(self, records, *, notes=()):
+    def __init__(self, records, *, notes=(), running=False):
         self.records = [dict(r) for r in records]
+        self.running = running      # the records of a monitor still open: no end record yet, and none missing
         # what a reader should know: what the monitor could not see, then about the log itself (e.g. cut short)
         self.notes = [r["message"] for r in self.records if r.get("type") == "note" and r.get("message")]
         self.notes += list(notes)
@@ -47,13 +48,16 @@ class Report:
     def from_monitor(cls, monitor) -> "Report":
         """The report of a live (or closed) monitor, from the same records it streams to its log."""
         monitor.findings  # reading the findings reads any pending steps (every > 1) into the records
-        return cls(monitor.records)
+        return cls(monitor.records, running=not getattr(monitor, "_closed", True))
 
     # -- what the records add up to -----------------------------------------------------------
     @property
     def status(self) -> str:
-        """How the run ended: "ok", "exception", "interrupted", "killed", or "incomplete" when the log has no end."""
-        return self.end.get("status", "ok") if self.end else "incomplete"
+        """How the run ended: "ok", "exception", "interrupted", "killed", or "incomplete" when the log has no end
+        ("running" for the records of a monitor that is still open)."""
+        if self.end:
+            return self.end.get("status", "ok")
+        return "running" if self.running else "incomplete"
 
     @property
     def n_steps(self) -> int:

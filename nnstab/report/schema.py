@@ -98,8 +98,9 @@ REPORT_SCHEMA = {
             "options": {"type": "object"},
         }},
         "end": {"type": "object", "required": ["status", "steps"], "properties": {
-            "status": {"enum": ["ok", "exception", "interrupted", "killed", "incomplete"],
-                       "description": "incomplete: the log has no end record (killed, or still running)"},
+            "status": {"enum": ["ok", "exception", "interrupted", "killed", "incomplete", "running"],
+                       "description": "incomplete: the log has no end record (killed, or still running); running: "
+                                      "the report of a monitor still open"},
             "error": {"type": ["string", "null"]},
             "steps": {"type": "integer", "minimum": 0},
             "time": _REAL_OR_NULL,

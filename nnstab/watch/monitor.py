@@ -201,7 +201,7 @@ class Monitor:
         self._flush()
         from nnstab.report import Report
 
-        return Report(self._records)
+        return Report(self._records, running=not self._closed)
 
     def close(self, *, status: str = "ok", error: str | None = None):
         """Remove every hook (the model is as it was), read what is pending and write the "end" record.

@@ -146,3 +146,18 @@ def test_report_from_the_records(tmp_path):
     assert json.loads(report.to_json())
     from nnstab.report import Report
     assert Report.from_log(tmp_path / "log.jsonl").to_json() == report.to_json()
+
+
+def test_the_report_of_an_open_monitor_says_it_is_in_progress_not_cut_short():
+    import jsonschema
+
+    from nnstab.report import REPORT_SCHEMA
+
+    model = nn.Sequential(nn.Linear(4, 2))
+    mon = watch(model)
+    train(model, 2, mon)
+    live = mon.report()
+    assert live.status == "running" and "IN PROGRESS" in live.to_markdown() and "ENDS EARLY" not in live.to_markdown()
+    jsonschema.validate(json.loads(live.to_json()), REPORT_SCHEMA)
+    mon.close()
+    assert mon.report().status == "ok"
