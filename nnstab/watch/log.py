@@ -6,8 +6,9 @@ Record types (every record is a dict with "type"; schema_version 1):
   step     step, loss, time (seconds since start), layers {name: {stat: float}}, rank;
            under AMP also amp_scale (the loss scale the step's gradients carried) and amp_skipped (bool)
   finding  Finding.to_dict() plus "type" and "id" (0, 1, ... in the order findings were made), written once
-  finding_update  id, count, last_step: later repeats folded into finding `id` (written when the count reaches
-           2, 4, 8, ... and once more when the monitor closes); the last update of an id holds its totals
+  finding_update  id, count, last_step: later repeats folded into finding `id` (in a log on disk, whenever
+           the count moved, so a killed run's log has every repeat; in memory, when it reaches 2, 4, 8, ...;
+           and once more when the monitor closes); the last update of an id holds its totals
   note     step, message: something the monitor cannot see in this run (e.g. the modules inside a
            torch.compile(fullgraph=True) graph), written once when first known
   end      status ("ok" | "exception" | "interrupted" | "killed"), error, steps, time
