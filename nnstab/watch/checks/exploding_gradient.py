@@ -29,6 +29,7 @@ import math
 from collections import deque
 
 from nnstab.watch.checks._grads import layer_grads
+from nnstab.watch.checks._noise import log_noise
 from nnstab.watch.checks.base import Check
 
 DEPTH = 100.0       # two orders of magnitude between the ends of the network: steady per-layer growth
@@ -37,7 +38,6 @@ GROWTH = 1000.0     # three orders of magnitude within the window: healthy train
 GROWTH_STEPS = 3    # ... on 3 observed steps in a row: one hard batch is a spike, an explosion keeps growing
 NOISE = 5.0         # ... and beyond 5 noise levels of log norm (as loss_divergence's)
 FLOOR = 0.1         # the window's floor is its 10% quantile: a gradient growing 2x a step is found 11 steps in
-_MAD_TO_SIGMA = 1.4826 / math.sqrt(2)   # MAD of differences of i.i.d. normal values -> their std
 WINDOW = 50         # steps the growth is measured over
 PATIENCE = 1        # measurements in a row for the depth test: two orders of magnitude is no wobble
 RELATIVE_PATIENCE = 1   # parameter reads in a row for the relative test (they are 20 steps apart)
@@ -190,17 +190,5 @@ class _WindowMin:
         return v[int(len(v) * FLOOR)]
 
     def noise(self) -> float:
-        """The standard deviation of log(value) from one measurement to the next (from the median absolute
-        deviation of the changes between consecutive ones); inf (no verdict yet) with fewer than 4 changes."""
-        logs = [math.log(v) for _, v in self.all if v > 0]
-        diffs = [b - a for a, b in zip(logs, logs[1:])]
-        if len(diffs) < 4:
-            return math.inf
-        centre = _median(diffs)
-        return _MAD_TO_SIGMA * _median([abs(d - centre) for d in diffs])
-
-
-def _median(values) -> float:
-    v = sorted(values)
-    k = len(v) // 2
-    return v[k] if len(v) % 2 else (v[k - 1] + v[k]) / 2
+        """The noise level of log(value) between consecutive measurements in the window (checks/_noise.py)."""
+        return log_noise(v for _, v in self.all)

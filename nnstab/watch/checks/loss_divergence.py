@@ -20,6 +20,7 @@ import math
 import sys
 from collections import deque
 
+from nnstab.watch.checks._noise import log_noise, median
 from nnstab.watch.checks.base import Check
 
 FACTOR = 4.0     # a quadrupled smoothed loss is beyond batch noise of a few percent
@@ -28,7 +29,6 @@ SMOOTH = 5       # the recent loss is the median of this many
 NOISE = 5.0      # growth in log(loss) must exceed 5 noise levels: trend-free losses with log-noise up to 1.5
                  # gave no warning in 3000-step runs, and a 5%-a-step climb is still found within ~30-50 steps
 PERSIST = 3      # ... on 3 observed steps in a row (one outlying median is not a trend)
-_MAD_TO_SIGMA = 1.4826 / math.sqrt(2)   # MAD of differences of i.i.d. normal values -> their std
 
 
 class LossDivergenceCheck(Check):
@@ -63,7 +63,7 @@ class LossDivergenceCheck(Check):
             return [self._broken]
         self._recent.append(loss)
         self._losses.append(loss)
-        med = _median(self._recent)
+        med = median(self._recent)
         if self._start is None and len(self._recent) == self.smooth:
             self._start = med
         low = min(self._medians) if self._medians else None
@@ -92,15 +92,4 @@ class LossDivergenceCheck(Check):
         losses tell nothing of the noise, and a fine-tuning run's first batches differ 4-fold by chance.
         Losses of exactly 0 (a float32 cross-entropy of a batch classified with huge margins) are left out:
         they are noise at the floor."""
-        logs = [math.log(v) for v in self._losses if v > 0]
-        if len(logs) < 5:
-            return math.inf
-        diffs = [b - a for a, b in zip(logs, logs[1:])]
-        centre = _median(diffs)
-        return _MAD_TO_SIGMA * _median([abs(d - centre) for d in diffs])
-
-
-def _median(values) -> float:
-    v = sorted(values)
-    k = len(v) // 2
-    return v[k] if len(v) % 2 else (v[k - 1] + v[k]) / 2
+        return log_noise(self._losses)
