@@ -8,11 +8,16 @@ from nnstab.report._format import (
 FINDINGS_SHOWN = 500  # beyond this the table stops being read; report.json holds every finding
 
 
+def _text(text) -> str:
+    """Prose from the run (messages, notes): < and > as entities, so a module named like a tag stays text."""
+    return str(text).replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cell(text) -> str:
     """A table cell: pipes escaped (else they split the cell), one line; outside code spans, < and > as
     entities, so a module or class name with angle brackets stays text."""
     text = str(text).replace("|", "\\|").replace("\n", " ")
-    return text if "`" in text else text.replace("<", "&lt;").replace(">", "&gt;")
+    return text if "`" in text else _text(text)
 
 
 def _table(head, rows) -> list[str]:
@@ -37,12 +42,12 @@ def render(report) -> str:
     if first is not None:
         out += [f"> **First non-finite event**: {steps_span(first.step, None)}, "
                 f"layer `{place(first)}`, "
-                f"{first.phase} (value {fmt(first.value)}). {first.message}", ""]
+                f"{first.phase} (value {fmt(first.value)}). {_text(first.message)}", ""]
         replay = replay_text(first)
         if replay:
             out += [f"> **Replayed to the operation**: {replay}", ""]
     for note in report.notes:
-        out += [f"*Note: {note}*", ""]
+        out += [f"*Note: {_text(note)}*", ""]
 
     out += ["## Summary", ""]
     rows = []

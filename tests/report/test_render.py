@@ -93,6 +93,15 @@ def test_every_markdown_table_has_as_many_header_cells_as_columns(nonfinite_reco
                 assert len(re.split(r"(?<!\\)\|", head)) - 2 == rule.count("---"), head
 
 
+def test_markdown_keeps_a_module_named_like_a_tag_as_text(runs):
+    evil = "<script>alert(1)</script>"
+    records = [runs.header(), runs.step(0),
+               runs.finding("nonfinite", evil, 0, "forward", "error", float("nan"), 0.0, f"'{evil}' produced NaN"),
+               runs.end(1)]
+    for line in Report(records).to_markdown().splitlines():
+        assert evil not in line.replace(f"`{evil}`", ""), line
+
+
 def test_html_is_self_contained(nonfinite_records):
     page = Report(nonfinite_records).to_html()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
