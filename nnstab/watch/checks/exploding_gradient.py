@@ -10,13 +10,12 @@ Three tests:
             RELATIVE, one SGD step at learning rate 0.01 moves the layer by its own size. Layers whose
             parameters are (near) zero, as zero-initialised layers are, are left to the other tests.
   growth    the norm of the gradient flowing into a layer's output now, over its floor in the last
-            WINDOW steps (the FLOOR quantile of its values there: not the minimum, which one very easy batch
-            sets), beyond NOISE times its batch-to-batch noise (the median absolute deviation of its
-            step-to-step changes of log norm), on GROWTH_STEPS observed steps in a row, and the largest the layer had
-            seen as the growth began: explosion is exponential, lasting and unprecedented; warm-up, the
-            rebound after a loss that touched zero, or hard batches among easy ones are not (fine-tuning a
-            converged classifier with batches of 8 swings a gradient between 1e-8 and 1e-2 from one batch
-            to the next).
+            WINDOW steps (the FLOOR quantile of its values there: not the minimum, which one very easy
+            batch sets), beyond NOISE times its batch-to-batch noise (checks/_noise.py), on GROWTH_STEPS
+            observed steps in a row, and the largest the layer had seen as the growth began: explosion is
+            exponential, lasting and unprecedented; warm-up, the rebound after a loss that touched zero,
+            or hard batches among easy ones are not (fine-tuning a converged classifier with batches of 8
+            swings a gradient between 1e-8 and 1e-2 from one batch to the next).
 depth and growth use every layer's output gradient, measured every LAYERS_EVERY steps on the CPU (every
 step on an accelerator; on the CPU the layers nearest the input, whose gradients every NaN/inf made in
 backward reaches, are measured every step, so the growth test sees them). depth must hold for PATIENCE
@@ -49,8 +48,8 @@ TINY_RMS = 1e-6     # parameters with a smaller RMS count as zero-initialised fo
 class ExplodingGradientCheck(Check):
     kind = "exploding_gradient"
     OPTIONS = {"depth": DEPTH, "relative": RELATIVE, "growth": GROWTH, "growth_steps": GROWTH_STEPS, "noise": NOISE,
-               "window": WINDOW, "patience": PATIENCE,
-               "relative_patience": RELATIVE_PATIENCE, "params_every": PARAMS_EVERY, "layers_every": LAYERS_EVERY}
+               "window": WINDOW, "patience": PATIENCE, "relative_patience": RELATIVE_PATIENCE,
+               "params_every": PARAMS_EVERY, "layers_every": LAYERS_EVERY}
     NEEDS = frozenset({"grads"})
 
     def __init__(self, **options):

@@ -11,8 +11,9 @@ medians is then a low outlier that a trend-free loss beats fourfold in most wind
 also exceed NOISE times the loss's noise level, estimated robustly from the window's step-to-step
 changes of log(loss) (their median absolute deviation: a trend shifts every change alike and does not
 count as noise), and hold for PERSIST observed steps in a row; the warning is dated at the step the
-growth began (the first of the steps in a row with the loss FACTOR above the window's lowest). The guard "above the starting loss" keeps a converged loss that wanders near zero from
-being called divergent. Losses that can be negative are only checked for non-finite values.
+growth began (the first of the steps in a row with the loss FACTOR above the window's lowest). The
+guard "above the starting loss" keeps a converged loss that wanders near zero from being called
+divergent. Losses that can be negative are only checked for non-finite values.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class LossDivergenceCheck(Check):
         self._losses = deque(maxlen=self.window + 1)   # for the noise level
         self._start = None
         self._broken = None
-        self._streak = []     # (step, growth) of the observed steps in a row that grew beyond the thresholds
+        self._grown = 0       # observed steps in a row that grew beyond every threshold
         self._above = None    # first step of the current run of steps above FACTOR x the window's lowest
 
     def observe(self, view):
@@ -72,11 +73,8 @@ class LossDivergenceCheck(Check):
         self._above = (self._above if self._above is not None else view.step) if above else None
         grown = (above and (self._start is None or med > self._start)
                  and math.log(med / low) > self.noise * self._noise_level())
-        if not grown:
-            self._streak.clear()
-            return []
-        self._streak.append((view.step, med, low))
-        if len(self._streak) < self.persist:
+        self._grown = self._grown + 1 if grown else 0
+        if self._grown < self.persist:
             return []
         began = self._above       # the growth began where the loss first stood FACTOR above the lowest,
                                   # before the noise and the starting loss were cleared
@@ -87,9 +85,7 @@ class LossDivergenceCheck(Check):
             f"lower the learning rate, use a warm-up, or clip gradients", loss=med, lowest=low)]
 
     def _noise_level(self) -> float:
-        """The batch-to-batch noise of log(loss) in the window: its step-to-step changes' median absolute
-        deviation, as a standard deviation; inf (no verdict yet) with fewer than 4 changes: two or three
-        losses tell nothing of the noise, and a fine-tuning run's first batches differ 4-fold by chance.
-        Losses of exactly 0 (a float32 cross-entropy of a batch classified with huge margins) are left out:
-        they are noise at the floor."""
+        """The batch-to-batch noise of log(loss) in the window (checks/_noise.py): inf, no verdict yet, before
+        the window holds 4 changes (a fine-tuning run's first batches differ 4-fold by chance); losses of
+        exactly 0 (a float32 cross-entropy of a batch classified with huge margins) left out."""
         return log_noise(self._losses)

@@ -6,8 +6,9 @@ non-finite; update: parameters non-finite after the optimiser step). Once the nu
 later step is broken too: consecutive non-finite steps fold into the first finding (count, last_step)
 instead of flooding; so does a later, separate incident with the same layer, phase and severity (as
 every repeat does in the monitor: count counts the steps it was seen, last_step is the latest; the
-step records keep each step's own statistics). A step that torch.amp.GradScaler skipped because its scaled gradients overflowed is
-the scaler doing its job: one "info" finding (with the scale) collects every such step.
+step records keep each step's own statistics). A step that torch.amp.GradScaler skipped because its
+scaled gradients overflowed is the scaler doing its job: one "info" finding (with the scale) collects
+every such step.
 """
 from __future__ import annotations
 
