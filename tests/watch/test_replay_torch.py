@@ -353,3 +353,36 @@ def test_a_watched_step_leaves_no_reference_cycles_behind(replay):
         gc.garbage.clear()
     mon.close()
     assert cycles == []
+
+
+def test_a_replay_that_breaks_again_without_an_origin_op_says_why_not_that_it_stayed_finite():
+    # parameters already NaN when the step began (a bad checkpoint row): no operation made the NaN
+    emb = nn.Embedding(10, 3)
+    with torch.no_grad():
+        emb.weight[2] = float("nan")
+    mon = watch(emb, replay=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    mon.step()
+    r = mon.findings[0].details["replay"]
+    assert r["status"] == "unattributed" and r["parameters"] == ["weight"]
+    assert "already NaN/inf when it began" in mon.findings[0].message
+    mon.close()
+
+    # a row masked to -inf everywhere before a softmax: the NaN comes from infinities given on purpose
+    class MaskedSoftmax(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x, pad):
+            return torch.softmax(self.fc(x).masked_fill(pad, float("-inf")), -1)
+
+    model = MaskedSoftmax()
+    pad = torch.zeros(2, 4, dtype=torch.bool)
+    pad[1] = True
+    mon = watch(model, replay=True)
+    model(torch.randn(2, 4), pad).sum().backward()
+    mon.step()
+    r = mon.findings[0].details["replay"]
+    assert r["status"] == "unattributed" and r["parameters"] == [] and "-inf mask" in r["reason"]
+    mon.close()

@@ -263,6 +263,16 @@ class TorchReplayer:
             if chain:
                 base["loss_ops"] = chain
             return base
+        if not finder.out_finite:
+            # the replay went non-finite too, but no operation made NaN/inf from finite inputs: it came in
+            # with parameters already broken, or from infinities an operation was given on purpose
+            bad = [name for name, p in snap.step_params().items() if not bool(torch.isfinite(p).all())]
+            base.update(status="unattributed", op=None, source=None, code=None, parameters=bad[:8],
+                        reason=(f"the step's parameters {', '.join(bad[:8])} were already NaN/inf when it began "
+                                f"(a checkpoint or an edit before this step)" if bad else
+                                "every NaN/inf of the replay came from operations given infinities, not from "
+                                "finite inputs (a -inf mask over a whole row before a softmax, inf - inf)"))
+            return base
         base.update(status="not_reproduced",
                     reason="the replayed step was finite: the step is not reproducible (a nondeterministic "
                            "operation, data changed in place after the forward, or state outside the model)")
