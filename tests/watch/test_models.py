@@ -159,3 +159,50 @@ def test_nnstab_watch_is_callable_however_it_was_imported():
     from nnstab import watch as w
 
     w(nn.Linear(2, 2)).close()
+
+
+class _Output:
+    """A model output the adapter cannot look into (not a tensor, tuple, dict or dataclass)."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class _Sqrt(nn.Module):
+    shift = 0.0
+
+    def forward(self, x):
+        return torch.sqrt(x.abs() - self.shift)      # NaN once the shift passes |x|
+
+
+@pytest.mark.parametrize("wrap", ["dataclass", "object"])
+def test_a_nan_is_found_at_its_layer_whatever_the_model_returns(wrap):
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Output:
+        logits: torch.Tensor
+        extra: tuple = ()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.sqrt, self.head = nn.Linear(8, 8), _Sqrt(), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.head(self.sqrt(self.fc(x)))
+            return Output(h) if wrap == "dataclass" else _Output(h)
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = watch(model)
+    for step in range(4):     # step 0 measures every layer; later steps rely on the model's outputs
+        model.sqrt.shift = 1e9 if step == 2 else 0.0
+        opt.zero_grad()
+        model(torch.randn(4, 8)).logits.sum().backward()
+        opt.step()
+        mon.step()
+    mon.close()
+    f = [f for f in mon.findings if f.kind == "nonfinite"][0]
+    assert (f.layer, f.step, f.phase) == ("sqrt", 2, "forward")

@@ -252,7 +252,8 @@ class BaseAdapter:
         plan = tape.plan
         # the model's outputs by their measurement: an output of a pass-through module (LogSoftmax, ReLU
         # last) carries the measurement of the COMPUTE output it came from, which is the one to look at
-        sentinel = self.sentinels and not plan.layers and model_outputs is not None
+        # (a model whose outputs hold no tensor the adapter can find gives no sentinel: everything is measured)
+        sentinel = self.sentinels and not plan.layers and bool(model_outputs)
         outs = {rec.meas for rec in model_outputs} if sentinel else set()
         if sentinel and None not in outs:
             healthy = True

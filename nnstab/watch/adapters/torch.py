@@ -19,6 +19,7 @@ torch.compile and in-place operations: torch_modes.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -71,7 +72,8 @@ def _units_of(module):
 
 
 def _tensors(x, depth=0):
-    """The tensors in x: a tensor, or (nested up to 3 levels) tuples, lists and dict values of them."""
+    """The tensors in x: a tensor, or (nested up to 3 levels) tuples, lists, dict values and dataclass
+    fields of them (a model returning a @dataclass of logits and loss)."""
     if isinstance(x, torch.Tensor):
         yield x
     elif depth < 3 and isinstance(x, (tuple, list)):
@@ -80,6 +82,9 @@ def _tensors(x, depth=0):
     elif depth < 3 and isinstance(x, dict):
         for v in x.values():
             yield from _tensors(v, depth + 1)
+    elif depth < 3 and dataclasses.is_dataclass(x) and not isinstance(x, type):
+        for field in dataclasses.fields(x):
+            yield from _tensors(getattr(x, field.name, None), depth + 1)
 
 
 class TorchAdapter(GradsMixin, ModesMixin, BaseAdapter):
