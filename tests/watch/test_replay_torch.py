@@ -386,3 +386,21 @@ def test_a_replay_that_breaks_again_without_an_origin_op_says_why_not_that_it_st
     r = mon.findings[0].details["replay"]
     assert r["status"] == "unattributed" and r["parameters"] == [] and "-inf mask" in r["reason"]
     mon.close()
+
+
+def test_a_loss_that_alone_overflowed_is_not_blamed_on_an_update_outside_the_optimiser():
+    # outputs ~1e20 are finite, their squares are not: nothing looked broken before the optimiser's update,
+    # so no copy of the parameters was kept, and the replay says exactly that
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-45)
+    mon = watch(model, replay=True)
+    for step in range(3):
+        loss = nn.functional.mse_loss(model(torch.randn(4, 2) * (1e20 if step == 2 else 1.0)), torch.zeros(4, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss=loss)
+    mon.close()
+    r = [f for f in mon.findings if f.kind == "nonfinite"][0].details["replay"]
+    assert r["status"] == "failed" and "looked finite" in r["reason"] and "outside torch.optim" not in r["reason"]

@@ -102,6 +102,10 @@ class TorchSnapshot:
         if self.copied:
             return self.params
         if self.updated():
+            if self.lazy:    # the optimiser's pre-hook saw nothing to copy for
+                raise ValueError("no copy of the step's parameters was kept: just before the optimiser's update "
+                                 "the step looked finite (its NaN/inf was only in the loss or in the parameters' "
+                                 "gradients, which the monitor reads after the update)")
             raise ValueError("the parameters were updated before the snapshot copied them (an update "
                              "outside torch.optim's step); watch with replay on from the step before")
         return {name: p.detach() for name, p in self._list}
