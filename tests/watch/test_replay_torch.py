@@ -404,3 +404,19 @@ def test_a_loss_that_alone_overflowed_is_not_blamed_on_an_update_outside_the_opt
     mon.close()
     r = [f for f in mon.findings if f.kind == "nonfinite"][0].details["replay"]
     assert r["status"] == "failed" and "looked finite" in r["reason"] and "outside torch.optim" not in r["reason"]
+
+
+def test_a_loss_that_overflowed_first_is_not_explained_by_the_backward_that_followed_it():
+    # outputs ~1e20 are finite, the squared error overflows: backward then starts from an infinite loss and
+    # makes inf/NaN in the model's matmuls; those are consequences, the loss is where it began
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 1))
+    mon = watch(model, replay=True)
+    for step in range(3):
+        loss = nn.functional.mse_loss(model(torch.randn(4, 2) * (1e20 if step == 2 else 1.0)), torch.zeros(4, 1))
+        loss.backward()
+        mon.step(loss=loss)
+    mon.close()
+    f = [f for f in mon.findings if f.kind == "nonfinite"][0]
+    r = f.details["replay"]
+    assert (f.step, f.phase) == (2, "loss") and r["status"] == "found" and r["phase"] == "loss" and r["op"] is None

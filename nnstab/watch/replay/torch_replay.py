@@ -241,15 +241,17 @@ class TorchReplayer:
 
     def _verdict(self, finder, finding, snap) -> dict:
         base = {"status": "found", "ops_checked": finder.ops, "passes": len(snap.passes), "mode": self.mode}
-        if finder.events:
-            ev = _choose(finder.events, finding)
+        # a loss that went non-finite first: backward ran from it already broken, its events are consequences
+        events = [e for e in finder.events if not (finding.phase == "loss" and e.phase == "backward")]
+        if events:
+            ev = _choose(events, finding)
             base.update(ev.to_dict())
             lint = _lint_for(getattr(finder, "lint", []), base)
             if lint is not None:
                 base["formula"], base["replacement"] = lint.details["formula"], lint.details["replacement"]
             if ev.pass_index:
                 base["pass"] = ev.pass_index
-            others = [e for e in finder.events if e is not ev][:3]
+            others = [e for e in events if e is not ev][:3]
             if others:
                 base["also"] = [{"op": e.op, "module": e.module, "phase": e.phase,
                                  "source": e.source.short if e.source else None} for e in others]
@@ -257,7 +259,7 @@ class TorchReplayer:
         if finder.out_finite and (not finder.grads_finite or finding.phase == "loss"
                                   or (finding.details or {}).get("source") == "loss"):
             base.update(status="found", phase="loss", op=None, module="", source=None, code=None,
-                        reason="the model's forward and backward were finite when replayed; the NaN/inf was made "
+                        reason="the model's outputs were finite when replayed; the NaN/inf was made "
                                "in the loss, computed outside the model")
             chain = _loss_chain(self.loss, snap)
             if chain:
