@@ -51,14 +51,14 @@ class NonfiniteCheck(Check):
             # counted whether or not the overflow was seen: on the CPU, between the steps that read every
             # gradient, it may lie only in the parameters' gradients, which the scaler itself looked at
             if self._amp is None:
-                where = f"first in {self.describe(o.layer)}" if o is not None else "in the parameters' gradients"
+                layer, value, dtype = (o.layer, o.value, o.dtype) if o is not None else (None, math.inf, None)
+                where = f"first in {self.describe(layer)}" if o is not None else "in the parameters' gradients"
                 self._amp = self.finding(
-                    "", view.step, "backward", "info", o.value if o is not None else math.inf,
-                    _limit(o.dtype if o is not None else None),
+                    "", view.step, "backward", "info", value, _limit(dtype),
                     f"GradScaler skipped step {view.step}: the gradients scaled by {view.amp_scale:g} overflowed "
                     f"({where}) and the scaler lowered the scale; an occasional skip is normal under AMP, a skip "
                     f"every few steps means the scale keeps overflowing",
-                    scale=view.amp_scale, first_layer=o.layer if o is not None else None)
+                    scale=view.amp_scale, first_layer=layer)
             return [self._amp]
         if o is None:
             self._streak = None

@@ -116,7 +116,8 @@ def clause(r: dict) -> str:
     if status == "failed":
         return f" (The replay of this step failed: {r.get('reason')}.)"
     if status == "unattributed":
-        return f" (Replayed, the step went non-finite again, but no operation made it from finite inputs: {r.get('reason')}.)"
+        return (f" (Replayed, the step went non-finite again, but no operation made it from finite inputs: "
+                f"{r.get('reason')}.)")
     if status == "not_reproduced":
         return " (Replayed from its snapshot, the step stayed finite: it is not reproducible.)"
     if r.get("phase") == "update":

@@ -268,7 +268,7 @@ class TorchReplayer:
         if not finder.out_finite:
             # the replay went non-finite too, but no operation made NaN/inf from finite inputs: it came in
             # with parameters already broken, or from infinities an operation was given on purpose
-            bad = [name for name, p in snap.step_params().items() if not bool(torch.isfinite(p).all())]
+            bad = _nonfinite_names(snap.step_params().items())
             base.update(status="unattributed", op=None, source=None, code=None, parameters=bad[:8],
                         reason=(f"the step's parameters {', '.join(bad[:8])} were already NaN/inf when it began "
                                 f"(a checkpoint or an edit before this step)" if bad else
@@ -281,7 +281,7 @@ class TorchReplayer:
         return base
 
     def _update(self, finding, from_snapshot: bool) -> dict:
-        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        bad = _nonfinite_names(self.model.named_parameters())
         d = {"status": "found", "phase": "update", "op": None, "module": finding.layer, "source": None,
              "code": None, "parameters": bad[:8]}
         if self.optimizer is not None:
@@ -337,6 +337,11 @@ def _inner(model):
             inner, prefix = inner.module, prefix + "module."
         else:
             return inner, prefix
+
+
+def _nonfinite_names(named) -> list[str]:
+    """The names of the (name, tensor) pairs holding a NaN/inf."""
+    return [name for name, t in named if not bool(torch.isfinite(t.detach()).all())]
 
 
 def _choose(events, finding):
